@@ -1,0 +1,158 @@
+"""Every config key, declared once, with its default and its valid choices.
+
+Config files under `configs/` start from `pretrain_defaults()` (or the fine-tune /
+eval variants) and override what their recipe changes. Code reads keys; it never
+re-declares a default. `validate(config)` runs before anything compiles, so a
+typo or an unknown choice fails in the first second with the key's name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+
+def augment_defaults() -> ml_collections.ConfigDict:
+  """SimCLR pretraining augmentation (recipe: ../shared/simclr-recipe.md)."""
+  return ml_collections.ConfigDict(dict(
+      crop_area_min=0.08,          # random resized crop: area fraction U(min, max)
+      crop_area_max=1.0,
+      crop_aspect_min=3.0 / 4.0,   # aspect ratio, log-uniform in (min, max)
+      crop_aspect_max=4.0 / 3.0,
+      crop_max_attempts=100,       # after this many misses: the whole image
+      flip_prob=0.5,
+      jitter_prob=0.8,
+      jitter_strength=1.0,         # s: 1.0 ImageNet, 0.5 CIFAR
+      brightness_mode='multiplicative',  # 'multiplicative' (v2) | 'additive' (v1)
+      grayscale_prob=0.2,
+      blur_prob=0.0,               # 0.5 for ImageNet recipes
+      blur_sigma_min=0.1,
+      blur_sigma_max=2.0,
+      blur_kernel_fraction=0.1,    # kernel side = odd(fraction x image side)
+      solarize_prob=0.0,
+      solarize_threshold=0.5,
+  ))
+
+
+def model_defaults() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      depth=50,                    # 18, 34, 50, 101, 152, 200 | 0 = use stage_sizes
+      stage_sizes=(),              # e.g. (1, 1, 1) for a tiny test net; overrides depth
+      block='',                    # 'basic' | 'bottleneck' | '' = from depth
+      base_width=64,               # channels of the first stage before width_multiplier
+      width_multiplier=1,
+      stem='imagenet',             # 'imagenet' (7x7/2 + pool) | 'cifar' (3x3/1)
+      sk_ratio=0.0,                # SimCLR v2 selective kernels, e.g. 0.0625
+      num_proj_layers=2,           # 2 (v1) | 3 (v2)
+      proj_dim=128,
+      proj_hidden_dim=0,           # 0 = encoder output width
+      dtype='float32',             # compute dtype: 'float32' | 'bfloat16'
+      bn_momentum=0.9,
+      bn_epsilon=1e-5,
+  ))
+
+
+def data_defaults() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      source='embedded',           # 'embedded' | 'idx' | 'tfds' | 'folder'
+      name='fashion_mnist',        # tfds name for source='tfds'
+      data_dir='',                 # tfds data_dir ('' = tfds default)
+      idx_dir='/usr/share/datasets/fashion-mnist',  # source='idx'
+      folder='',                   # source='folder'
+      train_split='train',
+      test_split='test',
+      val_examples=0,              # carved from the end of train (balanced); 0 = none
+      image_size=0,                # network input side; 0 = the source's own size
+      in_memory=True,              # False: stream with tf.data (ImageNet-size data)
+      shuffle_buffer=10_000,       # streaming only
+      prefetch=2,
+  ))
+
+
+def optim_defaults() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      name='lars',                 # 'lars' | 'sgd' | 'adamw'
+      learning_rate=0.3,           # base rate, scaled by lr_scaling
+      lr_scaling='linear',         # 'linear' (x B/256) | 'sqrt' (x sqrt(B)) | 'none'
+      weight_decay=1e-6,
+      momentum=0.9,
+      nesterov=False,
+      trust_coefficient=1e-3,
+      warmup_epochs=10.0,          # used when warmup_fraction == 0
+      warmup_fraction=0.0,         # > 0: warmup = fraction x total steps (v2: 0.05)
+      schedule='cosine',           # 'cosine' | 'constant'
+  ))
+
+
+def pretrain_defaults() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  # Keys every binary shares.
+  config.seed = 0
+  config.batch_size = 256          # global, over all processes and devices
+  config.num_epochs = 100
+  config.total_steps = 0           # > 0 overrides num_epochs
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
+  config.multihost = 'auto'        # 'auto' (from the environment) | 'yes' | 'no'
+
+  config.mode = 'simclr'           # 'simclr' (NT-Xent) | 'supcon' (labels)
+  config.temperature = 0.1
+  config.base_temperature = 0.0    # supcon; 0 = temperature
+  config.loss_block_size = 0       # > 0: blockwise NT-Xent, O(n x block) memory
+  config.probe = True              # online linear probe on stop_gradient(h)
+  config.probe_learning_rate = 0.0  # 0 = the main schedule
+  config.summary_images = 8        # augmented pairs written to TensorBoard at start
+
+  config.data = data_defaults()
+  config.augment = augment_defaults()
+  config.model = model_defaults()
+  config.optim = optim_defaults()
+  return config
+
+
+CHOICES: dict[str, tuple[Any, ...]] = {
+    'mode': ('simclr', 'supcon'),
+    'multihost': ('auto', 'yes', 'no'),
+    'augment.brightness_mode': ('multiplicative', 'additive'),
+    'model.depth': (0, 18, 34, 50, 101, 152, 200),
+    'model.block': ('', 'basic', 'bottleneck'),
+    'model.stem': ('imagenet', 'cifar'),
+    'model.dtype': ('float32', 'bfloat16'),
+    'data.source': ('embedded', 'idx', 'tfds', 'folder'),
+    'optim.name': ('lars', 'sgd', 'adamw'),
+    'optim.lr_scaling': ('linear', 'sqrt', 'none'),
+    'optim.schedule': ('cosine', 'constant'),
+}
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  node = config
+  for part in dotted.split('.'):
+    node = node[part]
+  return node
+
+
+def validate(config: ml_collections.ConfigDict,
+             choices: dict[str, tuple[Any, ...]] | None = None) -> None:
+  """Raises ValueError naming the first key whose value is not a valid choice."""
+  for key, valid in (choices or CHOICES).items():
+    try:
+      value = _get(config, key)
+    except (KeyError, AttributeError):
+      continue  # a binary's config need not carry every section
+    if value not in valid:
+      raise ValueError(
+          f'config.{key}={value!r} is not valid; choose one of {valid} '
+          f'(e.g. --config.{key}={valid[0]!r}).')
+  if config.get('batch_size', 1) <= 0:
+    raise ValueError(f'config.batch_size={config.batch_size} must be positive.')
+  if 'augment' in config:
+    a = config.augment
+    if not 0 < a.crop_area_min <= a.crop_area_max <= 1:
+      raise ValueError('config.augment.crop_area_min/max must satisfy '
+                       f'0 < min <= max <= 1; got {a.crop_area_min}, {a.crop_area_max}.')
+    for key in ('flip_prob', 'jitter_prob', 'grayscale_prob', 'blur_prob', 'solarize_prob'):
+      if not 0.0 <= a[key] <= 1.0:
+        raise ValueError(f'config.augment.{key}={a[key]} must be in [0, 1].')

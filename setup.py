@@ -1,0 +1,33 @@
+"""contrastive_jax: SimCLR v1/v2 and SupCon in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name='contrastive_jax',
+    version='0.1.0',
+    description='Contrastive self-supervised learning (SimCLR v1/v2, SupCon) in JAX/Flax.',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    packages=find_packages(include=['contrastive_jax', 'contrastive_jax.*']),
+    package_data={'contrastive_jax': ['data/embedded/*.npz', 'data/embedded/*.md']},
+    python_requires='>=3.10',
+    install_requires=[
+        'jax>=0.6.0',
+        'flax>=0.10.0',
+        'optax>=0.2.4',
+        'dm-pix>=0.4.3',
+        'orbax-checkpoint>=0.11.0',
+        'ml-collections>=0.1.1',
+        'absl-py>=1.0',
+        'numpy>=1.26',
+        'tensorboardX>=2.6',
+        'tensorflow-datasets>=4.9.3',
+        # The host input pipeline only; the training path never imports it.
+        'tensorflow-cpu>=2.16; platform_machine=="x86_64"',
+        'tensorflow>=2.16; platform_machine!="x86_64"',
+    ],
+    extras_require={
+        'dev': ['pytest>=7', 'scikit-learn>=1.3', 'matplotlib>=3.7'],
+        'plots': ['matplotlib>=3.7', 'scikit-learn>=1.3'],
+    },
+)
