@@ -1,0 +1,331 @@
+"""Checkpoints: the one module that talks to orbax.
+
+A checkpoint step directory holds two items:
+  - 'state': a pytree of arrays (params, batch_stats, opt_state, step, rng key,
+    ...), written by every process (orbax writes each process's shards; no
+    process-0 special case) and restored onto whatever mesh the caller's
+    abstract target describes, so a run saved on 8 devices resumes on 1 and
+    vice versa.
+  - 'extra': a small JSON dict (data position, config summary, ...), written
+    once by the primary process. It must be the same on every process.
+
+Layout: DIRECTORY/<step>/{state,extra}; only finalized (committed) steps are
+ever listed, so a reader never sees a half-written checkpoint.
+
+Usage (trainer):
+  ckpt = Checkpointer(workdir + '/checkpoints', max_to_keep=config.keep_checkpoints)
+  if ckpt.latest_step() is not None:
+    state, extra = ckpt.restore(target=to_abstract(state))
+  ...
+  ckpt.save(step, state, {'data': iterator.state()})   # async: returns quickly
+  ...
+  ckpt.save(final_step, state, extra, force=True); ckpt.close()
+
+Usage (continuous evaluator, never writes):
+  ckpt = Checkpointer(workdir + '/checkpoints', read_only=True)
+  step = wait_for_new_checkpoint(ckpt.directory, last_step=None, timeout_s=3600)
+  state, extra = ckpt.restore(step, target=abstract_state)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+PyTree = Any
+
+STATE_ITEM = 'state'
+EXTRA_ITEM = 'extra'
+
+__all__ = [
+    'Checkpointer',
+    'checkpoint_steps',
+    'to_abstract',
+    'wait_for_new_checkpoint',
+]
+
+
+def _resolve(directory: str | os.PathLike[str]) -> str:
+  directory = os.fspath(directory)
+  # orbax wants absolute local paths; leave remote URLs (gs://...) alone.
+  if '://' in directory:
+    return directory
+  return os.path.abspath(os.path.expanduser(directory))
+
+
+def _jsonable(obj: Any) -> Any:
+  """Converts numpy / jax scalars, tuples and ConfigDicts into plain JSON types."""
+  if isinstance(obj, Mapping) or hasattr(obj, 'to_dict'):
+    obj = obj.to_dict() if hasattr(obj, 'to_dict') else obj
+    return {str(k): _jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_jsonable(v) for v in obj]
+  if isinstance(obj, (str, bool, int, float)) or obj is None:
+    return obj
+  if isinstance(obj, (np.generic, np.ndarray, jax.Array)):
+    arr = np.asarray(obj)
+    return arr.item() if arr.ndim == 0 else arr.tolist()
+  raise TypeError(
+      f'Checkpoint `extra` must be JSON-serialisable; got {type(obj).__name__} '
+      f'({obj!r}). Convert it to int/float/str/list/dict first.')
+
+
+def _handler_registry() -> Any:
+  """Registers the two items up front, so a fresh (e.g. read-only) manager can
+  read metadata and restore without first having saved."""
+  registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  registry.add(STATE_ITEM, ocp.args.StandardSave, ocp.handlers.StandardCheckpointHandler)
+  registry.add(STATE_ITEM, ocp.args.StandardRestore, ocp.handlers.StandardCheckpointHandler)
+  registry.add(EXTRA_ITEM, ocp.args.JsonSave, ocp.handlers.JsonCheckpointHandler)
+  registry.add(EXTRA_ITEM, ocp.args.JsonRestore, ocp.handlers.JsonCheckpointHandler)
+  return registry
+
+
+def checkpoint_steps(directory: str | os.PathLike[str]) -> list[int]:
+  """Sorted finalized steps in `directory` ([] if it does not exist). Read-only."""
+  return sorted(ocp.utils.checkpoint_steps(_resolve(directory)))
+
+
+def to_abstract(tree: PyTree, sharding: Any = None) -> PyTree:
+  """Abstract restore target: a tree of jax.ShapeDtypeStruct with shardings.
+
+  Args:
+    tree: arrays, ShapeDtypeStructs (e.g. from jax.eval_shape) or scalars.
+    sharding: one jax.sharding.Sharding for every array leaf (e.g. replicated
+      over the mesh), a tree of shardings matching `tree`, or None to keep each
+      leaf's own `.sharding`.
+  """
+  def one(x: Any, s: Any) -> Any:
+    if not hasattr(x, 'shape') or not hasattr(x, 'dtype'):
+      return x  # Python scalars restore as themselves.
+    s = s if s is not None else getattr(x, 'sharding', None)
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+
+  if sharding is None or isinstance(sharding, jax.sharding.Sharding):
+    return jax.tree.map(lambda x: one(x, sharding), tree)
+  return jax.tree.map(one, tree, sharding)
+
+
+def _check_target(target: PyTree) -> None:
+  """Refuses leaves without a sharding: orbax would then silently use the
+  shardings recorded at save time, which break on a different device count."""
+  def check(path: Any, leaf: Any) -> None:
+    if hasattr(leaf, 'shape') and hasattr(leaf, 'dtype') and hasattr(leaf, 'sharding'):
+      if leaf.sharding is None:
+        raise ValueError(
+            f'Restore target leaf {jax.tree_util.keystr(path)} has no sharding. '
+            'Build the target with jax.ShapeDtypeStruct(shape, dtype, '
+            'sharding=...) (see checkpoint.to_abstract(tree, sharding)), or '
+            'pass target=None to restore host numpy arrays.')
+  jax.tree_util.tree_map_with_path(check, target)
+
+
+class Checkpointer:
+  """Saves / restores (state pytree, extra JSON dict) per step via orbax.
+
+  Args:
+    directory: the checkpoint directory, usually WORKDIR/checkpoints.
+    max_to_keep: keep only the newest K steps (None = keep all). Ignored when
+      read_only.
+    save_interval_steps: `save(step, ...)` without force writes only when
+      step % save_interval_steps == 0 (1 = whenever called).
+    async_save: write in a background thread; `save` returns once the arrays
+      are copied to host memory (so the caller may donate / overwrite them).
+    read_only: a reader (continuous evaluator): creates no directory, never
+      writes or deletes anything; `save` raises.
+  """
+
+  def __init__(self, directory: str | os.PathLike[str], *,
+               max_to_keep: int | None = None,
+               save_interval_steps: int = 1,
+               async_save: bool = True,
+               read_only: bool = False):
+    self.directory = _resolve(directory)
+    self.read_only = read_only
+    if read_only:
+      # Options orbax would otherwise reset (with a warning) for a reader; no
+      # async machinery either: a reader has nothing to write.
+      options = ocp.CheckpointManagerOptions(
+          read_only=True, create=False, save_interval_steps=0,
+          enable_async_checkpointing=False)
+    else:
+      if max_to_keep is not None and max_to_keep < 1:
+        raise ValueError(f'max_to_keep={max_to_keep} must be >= 1 (or None = '
+                         'keep all); see config.keep_checkpoints.')
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=max_to_keep,
+          save_interval_steps=save_interval_steps,
+          enable_async_checkpointing=async_save,
+          create=True,
+          # A run killed mid-save leaves <step>.orbax-checkpoint-tmp* behind;
+          # they are never listed as steps, and the resumed writer removes them.
+          cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options, handler_registry=_handler_registry())
+
+  # -- Queries ----------------------------------------------------------------
+
+  def all_steps(self) -> list[int]:
+    """Sorted steps available (includes a step whose async write is in flight)."""
+    if self.read_only:
+      self._manager.reload()  # a writer elsewhere may have added / removed steps
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  def should_save(self, step: int) -> bool:
+    """Whether `save(step, ...)` without force would write."""
+    return (not self.read_only) and self._manager.should_save(step)
+
+  # -- Save -------------------------------------------------------------------
+
+  def save(self, step: int, state: PyTree, extra: Mapping[str, Any] | None = None,
+           *, force: bool = False) -> bool:
+    """Saves `state` (pytree of arrays) and `extra` (JSON dict) at `step`.
+
+    Call on every process with the same step and extra. Without `force`, writes
+    only if step is a multiple of save_interval_steps and newer than the latest
+    checkpoint. `force=True` (end of training, SIGTERM) writes regardless. A
+    step that already exists is never overwritten: returns False.
+
+    Returns:
+      True when a save was started (asynchronous: call wait() to block).
+    """
+    if self.read_only:
+      raise RuntimeError(
+          f'Checkpointer({self.directory!r}) is read_only; it cannot save.')
+    step = int(step)
+    if step in self._manager.all_steps():
+      logging.info('Checkpoint step %d already exists in %s; not saving again.',
+                   step, self.directory)
+      return False
+    extra = _jsonable(dict(extra or {}))
+    return bool(self._manager.save(
+        step,
+        args=ocp.args.Composite(**{
+            STATE_ITEM: ocp.args.StandardSave(state),
+            EXTRA_ITEM: ocp.args.JsonSave(extra),
+        }),
+        force=force))
+
+  def wait(self) -> None:
+    """Blocks until any in-flight asynchronous save is committed."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for in-flight saves and deletions, then releases orbax threads."""
+    self._manager.close()
+
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.close()
+
+  # -- Restore ----------------------------------------------------------------
+
+  def restore(self, step: int | None = None, target: PyTree = None
+              ) -> tuple[PyTree, dict[str, Any]]:
+    """Restores (state, extra) from `step` (None = latest).
+
+    Args:
+      step: the step to restore; None = the latest.
+      target: abstract state: a tree of jax.ShapeDtypeStruct with `.sharding`
+        (see `to_abstract`). The result has the target's tree structure
+        (optax NamedTuples, flax structs) and is placed with the target's
+        shardings, whatever mesh the checkpoint was written from. None: restore
+        host numpy arrays in the saved (dict / list) structure, e.g. to export
+        params without building a model (Python scalars come back as 0-d
+        arrays, typed PRNG keys as their uint32 key data).
+
+    Raises:
+      FileNotFoundError: no checkpoint in the directory, or no such step.
+    """
+    steps = self.all_steps()
+    if not steps:
+      raise FileNotFoundError(
+          f'No checkpoint found in {self.directory}. Train first (or point the '
+          'workdir at a run that has WORKDIR/checkpoints/<step>/), or start '
+          'from scratch without restoring.')
+    if step is None:
+      step = steps[-1]
+    step = int(step)
+    if step not in steps:
+      raise FileNotFoundError(
+          f'Checkpoint step {step} not found in {self.directory}; available '
+          f'steps: {steps}.')
+    if target is None:
+      target = self._host_target(step)
+    else:
+      _check_target(target)
+    restored = self._manager.restore(
+        step,
+        args=ocp.args.Composite(**{
+            STATE_ITEM: ocp.args.StandardRestore(target),
+            EXTRA_ITEM: ocp.args.JsonRestore(),
+        }))
+    extra = restored[EXTRA_ITEM]
+    return restored[STATE_ITEM], dict(extra) if extra is not None else {}
+
+  def _host_target(self, step: int) -> PyTree:
+    """A target that makes orbax return numpy arrays: orbax restores a leaf as
+    the type of a *concrete* target leaf, and a numpy leaf has no sharding. The
+    zero-strided broadcast costs no memory."""
+    metadata = self._manager.item_metadata(step)[STATE_ITEM]
+    tree = metadata.tree if hasattr(metadata, 'tree') else metadata
+
+    def leaf(m: Any) -> Any:
+      if hasattr(m, 'shape') and hasattr(m, 'dtype'):
+        try:
+          return np.broadcast_to(np.zeros((), np.dtype(m.dtype)), m.shape)
+        except TypeError:  # e.g. typed PRNG keys: keep orbax's default
+          return m
+      return m
+    return jax.tree.map(leaf, tree)
+
+  def item_metadata(self, step: int | None = None) -> PyTree:
+    """Shapes / dtypes / saved shardings of the state at `step` (no array I/O)."""
+    step = self.latest_step() if step is None else int(step)
+    if step is None:
+      raise FileNotFoundError(f'No checkpoint found in {self.directory}.')
+    metadata = self._manager.item_metadata(step)[STATE_ITEM]
+    return metadata.tree if hasattr(metadata, 'tree') else metadata
+
+
+def wait_for_new_checkpoint(directory: str | os.PathLike[str],
+                            last_step: int | None,
+                            timeout_s: float | None = None,
+                            poll_s: float = 10.0) -> int | None:
+  """Polls `directory` until a finalized step newer than `last_step` appears.
+
+  Read-only (unlike orbax's own helper, which snapshots into the directory).
+  Returns the newest such step (an evaluator that fell behind skips to the
+  newest), or None after `timeout_s` seconds (None = wait forever). With
+  several processes, process 0 polls and broadcasts its answer so all agree.
+  """
+  directory = _resolve(directory)
+  deadline = None if timeout_s is None else time.monotonic() + timeout_s
+  found = -1
+  if jax.process_index() == 0:
+    while True:
+      steps = [s for s in checkpoint_steps(directory)
+               if last_step is None or s > last_step]
+      if steps:
+        found = max(steps)
+        break
+      if deadline is not None and time.monotonic() >= deadline:
+        break
+      sleep = poll_s if deadline is None else min(poll_s, max(0.0, deadline - time.monotonic()))
+      time.sleep(sleep)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    found = int(multihost_utils.broadcast_one_to_all(np.int64(found)))
+  return None if found < 0 else found
