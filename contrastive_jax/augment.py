@@ -1,0 +1,365 @@
+"""SimCLR augmentations as pure JAX functions of (key, image).
+
+Every per-image op takes a PRNG key and one float32 image [H, W, C] in [0, 1]
+and returns an image; batches use `jax.vmap`, so every image gets its own draw.
+All ops are jittable: shapes and config values are static, random draws are
+traced. dm-pix provides the colour ops, grayscale and solarize; the blur
+reproduces dm-pix's (see gaussian_blur).
+
+Keys come from the example, not the device: the key of (step, example index,
+view) is fold_in(fold_in(fold_in(PRNGKey(seed), step), index), view), so the
+same seed gives the same views on 1 device, 8 devices or 2 hosts.
+
+One-channel images (Fashion-MNIST) go through the same recipe: saturation and
+hue are skipped (a grayscale image has neither; dm-pix's ops need RGB) and
+grayscale is the identity, so C = 1 stays C = 1. Other channel counts raise.
+
+Recipe reference: ../shared/simclr-recipe.md ("Augmentation"); config keys:
+config_defaults.augment_defaults().
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, Sequence
+
+import dm_pix as pix
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+Array = jax.Array
+Op = Callable[[Array], Array]
+
+
+def to_float(images_uint8: Array) -> Array:
+  """uint8 pixels -> float32 in [0, 1] (no mean/std normalisation, as SimCLR)."""
+  return jnp.asarray(images_uint8, jnp.float32) / 255.0
+
+
+def _channels(image: Array) -> int:
+  c = image.shape[-1]
+  if c not in (1, 3):
+    raise ValueError(f'augment expects images [H, W, C] with C = 1 or 3; got '
+                     f'shape {image.shape}.')
+  return c
+
+
+def _apply_with_prob(u: Array, prob: float | Array, fn: Op, image: Array) -> Array:
+  """fn(image) if the uniform draw u < prob, else image.
+
+  A Python prob of 0 or 1 is decided at trace time, so e.g. blur_prob=0 compiles
+  no blur; u < 0 and u < 1 decide the same, so results do not change.
+  jnp.where, not lax.cond: these ops always run under vmap, where a batched
+  lax.cond becomes a select that runs both branches anyway, and cond's batching
+  rule fails on meshes with Explicit axes (jax.make_mesh's default).
+  """
+  if isinstance(prob, (int, float)):
+    if prob <= 0:
+      return image
+    if prob >= 1:
+      return fn(image)
+  return jnp.where(u < prob, fn(image), image)
+
+
+def _draws(key: Array, n: int) -> Array:
+  """n uniforms in [0, 1): every random parameter of an op comes from these.
+
+  Each op(key, ...) below is _op(_draws(key, n), ...), and simclr_view draws
+  all its ops' uniforms at once: every separate random call is a threefry
+  kernel that costs ~0.3 s of XLA compile on CPU, for a handful of scalars.
+  """
+  return jax.random.uniform(key, (n,))
+
+
+def _lerp(u: Array, lo: float, hi: float) -> Array:
+  return lo + (hi - lo) * u
+
+
+# ----------------------------------------------------------------------------
+# Random resized crop.
+
+def _crop_box(u: Array, height: int, width: int, area_range: Sequence[float],
+              aspect_range: Sequence[float]) -> tuple[Array, Array, Array, Array]:
+  """sample_crop_box from 2 x max_attempts + 2 uniforms."""
+  n = (u.shape[0] - 2) // 2
+  area = height * width * _lerp(u[:n], area_range[0], area_range[1])
+  ratio = jnp.exp(_lerp(u[n:2 * n], math.log(aspect_range[0]),
+                        math.log(aspect_range[1])))
+  ws = jnp.round(jnp.sqrt(area * ratio)).astype(jnp.int32)
+  hs = jnp.round(jnp.sqrt(area / ratio)).astype(jnp.int32)
+  fits = (ws >= 1) & (ws <= width) & (hs >= 1) & (hs <= height)
+  first = jnp.argmax(fits)  # index of the first True (0 if none)
+  found = fits[first]
+  h = jnp.where(found, hs[first], height)
+  w = jnp.where(found, ws[first], width)
+  # floor(u * positions), clamped since u * k may round up to k in float32.
+  y = jnp.minimum((u[2 * n] * (height - h + 1)).astype(jnp.int32), height - h)
+  x = jnp.minimum((u[2 * n + 1] * (width - w + 1)).astype(jnp.int32), width - w)
+  return y, x, h, w
+
+
+def sample_crop_box(key: Array, height: int, width: int,
+                    area_range: Sequence[float], aspect_range: Sequence[float],
+                    max_attempts: int) -> tuple[Array, Array, Array, Array]:
+  """Samples an integer crop box (y, x, h, w) inside a height x width image.
+
+  Area fraction ~ U(area_range), aspect w/h ~ log-U(aspect_range). All attempts
+  are drawn at once (no data-dependent loop) and the first whose rounded box
+  fits is taken; when none fits, the whole image. The offset is uniform over
+  the positions where the box fits.
+  """
+  u = _draws(key, 2 * max_attempts + 2)
+  return _crop_box(u, height, width, area_range, aspect_range)
+
+
+def _resize_box(image: Array, box: tuple[Array, Array, Array, Array],
+                out_size: int) -> Array:
+  """Resamples the box (y, x, h, w) to out_size x out_size, bicubic, in [0, 1].
+
+  scale_and_translate maps the box onto the output directly, so traced box
+  sizes need no dynamic slicing; the cubic kernel may read a pixel or two just
+  outside the box (real image content) where a crop-then-resize would clamp.
+  Antialiasing (the default) filters when the box is larger than the output.
+  Bicubic overshoots, hence the clip.
+  """
+  y, x, h, w = box
+  scale = jnp.stack([out_size / h, out_size / w]).astype(jnp.float32)
+  translation = -jnp.stack([y, x]).astype(jnp.float32) * scale
+  out = jax.image.scale_and_translate(
+      image, (out_size, out_size, image.shape[-1]), (0, 1), scale, translation,
+      method='bicubic')
+  return jnp.clip(out, 0.0, 1.0)
+
+
+def random_resized_crop(key: Array, image: Array, *, out_size: int,
+                        area_range: Sequence[float] = (0.08, 1.0),
+                        aspect_range: Sequence[float] = (3 / 4, 4 / 3),
+                        max_attempts: int = 100) -> Array:
+  """Inception-style crop -> [out_size, out_size, C]; box from sample_crop_box(key)."""
+  height, width = image.shape[0], image.shape[1]
+  box = sample_crop_box(key, height, width, area_range, aspect_range, max_attempts)
+  return _resize_box(image, box, out_size)
+
+
+# ----------------------------------------------------------------------------
+# Flip, colour, blur, solarize.
+
+def _hflip(image: Array) -> Array:
+  return image[:, ::-1]
+
+
+def random_flip(key: Array, image: Array, prob: float | Array) -> Array:
+  """Horizontal flip with probability prob."""
+  return _apply_with_prob(_draws(key, 1)[0], prob, _hflip, image)
+
+
+def _jitter(u: Array, image: Array, strength: float, brightness_mode: str) -> Array:
+  """Brightness, contrast (, saturation, hue) in a random order, clip after each.
+
+  u: 8 uniforms (4 op parameters, 4 sort keys for the order).
+  """
+  d = 0.8 * strength
+  lo = max(0.0, 1 - d)  # factors floored at 0 as SimCLR v2 (negative inverts)
+  if brightness_mode == 'multiplicative':  # v2: x * U[max(0, 1-d), 1+d]
+    b = _lerp(u[0], lo, 1 + d)
+    brightness: Op = lambda x: x * b
+  elif brightness_mode == 'additive':  # v1: x + U[-d, d]
+    delta = _lerp(u[0], -d, d)
+    brightness = lambda x: pix.adjust_brightness(x, delta)
+  else:
+    raise ValueError(f"config.augment.brightness_mode={brightness_mode!r}; choose "
+                     "'multiplicative' (v2) or 'additive' (v1).")
+  c = _lerp(u[1], lo, 1 + d)
+  ops: list[Op] = [brightness, lambda x: pix.adjust_contrast(x, c)]
+  if _channels(image) == 3:  # a 1-channel image has no saturation or hue
+    s = _lerp(u[2], lo, 1 + d)
+    h = _lerp(u[3], -0.2 * strength, 0.2 * strength)
+    ops += [lambda x: pix.adjust_saturation(x, s), lambda x: pix.adjust_hue(x, h)]
+  order = jnp.argsort(u[4:4 + len(ops)])  # uniform random permutation
+  # switch on a traced index: under vmap every op runs and the result is selected.
+  body = lambda i, x: jnp.clip(jax.lax.switch(order[i], ops, x), 0.0, 1.0)
+  return jax.lax.fori_loop(0, len(ops), body, image)
+
+
+def color_jitter(key: Array, image: Array, *, strength: float,
+                 prob: float | Array, brightness_mode: str) -> Array:
+  """SimCLR colour jitter of strength s, applied with probability prob.
+
+  Brightness, contrast and saturation factors ~ U[max(0, 1-0.8s), 1+0.8s]
+  (brightness_mode='additive': delta ~ U[-0.8s, 0.8s], v1), hue delta ~
+  U[-0.2s, 0.2s]; the ops run in a per-image random order, clipping to [0, 1]
+  after each. For C = 1 only brightness and contrast run.
+  """
+  return _color_jitter(_draws(key, 9), image, strength, prob, brightness_mode)
+
+
+def _color_jitter(u: Array, image: Array, strength: float, prob: float | Array,
+                  brightness_mode: str) -> Array:
+  jitter = lambda x: _jitter(u[1:], x, strength, brightness_mode)
+  return _apply_with_prob(u[0], prob, jitter, image)
+
+
+def to_grayscale(image: Array) -> Array:
+  """Rec.601 luma, channels kept (C = 3 -> 3 equal channels; C = 1 unchanged)."""
+  if _channels(image) == 1:
+    return image
+  return pix.rgb_to_grayscale(image, keep_dims=True)
+
+
+def random_grayscale(key: Array, image: Array, prob: float | Array) -> Array:
+  """to_grayscale with probability prob (identity for 1-channel images)."""
+  return _apply_with_prob(_draws(key, 1)[0], prob, to_grayscale, image)
+
+
+def blur_kernel_size(side: int, fraction: float) -> int:
+  """Odd kernel side: odd(round(fraction x side)) as SimCLR (224 px -> 23)."""
+  k = int(math.floor(fraction * side + 0.5))
+  return 2 * (k // 2) + 1
+
+
+def gaussian_blur(image: Array, sigma: float | Array, kernel_size: int) -> Array:
+  """pix.gaussian_blur's result (same taps, zero 'SAME' padding, as SimCLR's TF
+  blur) as two band-matrix contractions.
+
+  Why not call dm-pix: vmapped over a per-image sigma its depthwise conv gets a
+  batched kernel, and that batching rule fails on meshes with Explicit axes
+  (jax.make_mesh's default). A [side, side] band matrix per axis batches as a
+  plain dot_general; the extra FLOPs are small next to the network.
+  """
+  radius = int(kernel_size / 2)  # as dm-pix: 2 * radius + 1 taps, always odd
+  def band(n: int) -> Array:
+    offset = jnp.arange(n)[None, :] - jnp.arange(n)[:, None]  # input - output
+    taps = jnp.exp(-jnp.arange(-radius, radius + 1) ** 2 / (2.0 * sigma ** 2))
+    taps = taps / jnp.sum(taps)
+    weights = taps[jnp.clip(offset + radius, 0, 2 * radius)]
+    return jnp.where(jnp.abs(offset) <= radius, weights, 0.0)
+  return jnp.einsum('yh,hwc,xw->yxc', band(image.shape[0]), image,
+                    band(image.shape[1]), precision=jax.lax.Precision.HIGHEST)
+
+
+def random_gaussian_blur(key: Array, image: Array, *, prob: float | Array,
+                         sigma_range: Sequence[float], kernel_size: int) -> Array:
+  """Separable Gaussian blur, sigma ~ U(sigma_range) per image, applied with
+  probability prob. kernel_size: see blur_kernel_size."""
+  return _random_blur(_draws(key, 2), image, prob, sigma_range, kernel_size)
+
+
+def _random_blur(u: Array, image: Array, prob: float | Array,
+                 sigma_range: Sequence[float], kernel_size: int) -> Array:
+  sigma = _lerp(u[1], sigma_range[0], sigma_range[1])
+  return _apply_with_prob(
+      u[0], prob, lambda x: gaussian_blur(x, sigma, kernel_size), image)
+
+
+def random_solarize(key: Array, image: Array, *, prob: float | Array,
+                    threshold: float) -> Array:
+  """Invert pixels >= threshold with probability prob (BYOL-style; off in SimCLR)."""
+  return _apply_with_prob(_draws(key, 1)[0], prob,
+                          functools.partial(pix.solarize, threshold=threshold), image)
+
+
+# ----------------------------------------------------------------------------
+# Views from config.augment.
+
+def _view_uniforms(key: Array, cfg: ml_collections.ConfigDict) -> list[Array]:
+  """One draw for a whole view, cut into the uniforms of each op (see _draws)."""
+  # crop, flip, jitter, grayscale, blur, solarize
+  sizes = (2 * cfg.crop_max_attempts + 2, 1, 9, 1, 2, 1)
+  return jnp.split(_draws(key, sum(sizes)), np.cumsum(sizes)[:-1])
+
+
+def _crop_and_flip(u_crop: Array, u_flip: Array, image: Array,
+                   cfg: ml_collections.ConfigDict, out_size: int) -> Array:
+  box = _crop_box(u_crop, image.shape[0], image.shape[1],
+                  (cfg.crop_area_min, cfg.crop_area_max),
+                  (cfg.crop_aspect_min, cfg.crop_aspect_max))
+  return _apply_with_prob(u_flip[0], cfg.flip_prob, _hflip,
+                          _resize_box(image, box, out_size))
+
+
+def simclr_view(key: Array, image: Array, cfg: ml_collections.ConfigDict,
+                out_size: int) -> Array:
+  """One SimCLR view (cfg = config.augment): random resized crop, flip, colour
+  jitter, grayscale, blur, solarize; the same ops as the public functions."""
+  u_crop, u_flip, u_jit, u_gray, u_blur, u_sol = _view_uniforms(key, cfg)
+  x = _crop_and_flip(u_crop, u_flip, image, cfg, out_size)
+  x = _color_jitter(u_jit, x, cfg.jitter_strength, cfg.jitter_prob,
+                    cfg.brightness_mode)
+  x = _apply_with_prob(u_gray[0], cfg.grayscale_prob, to_grayscale, x)
+  x = _random_blur(u_blur, x, cfg.blur_prob,
+                   (cfg.blur_sigma_min, cfg.blur_sigma_max),
+                   blur_kernel_size(out_size, cfg.blur_kernel_fraction))
+  solarize = functools.partial(pix.solarize, threshold=cfg.solarize_threshold)
+  return _apply_with_prob(u_sol[0], cfg.solarize_prob, solarize, x)
+
+
+def finetune_view(key: Array, image: Array, cfg: ml_collections.ConfigDict,
+                  out_size: int) -> Array:
+  """Fine-tune / linear-eval training view: crop and flip only, the same ones
+  simclr_view makes from this key."""
+  u_crop, u_flip, *_ = _view_uniforms(key, cfg)
+  return _crop_and_flip(u_crop, u_flip, image, cfg, out_size)
+
+
+# ----------------------------------------------------------------------------
+# Batches.
+
+def _base_key(seed: int | Array) -> Array:
+  if hasattr(seed, 'dtype') and jax.dtypes.issubdtype(seed.dtype, jax.dtypes.prng_key):
+    return seed  # typed key
+  if jnp.ndim(seed) == 0:
+    return jax.random.PRNGKey(seed)
+  return seed  # raw uint32[2] key
+
+
+def example_keys(seed: int | Array, step: int | Array, indices: Array,
+                 view: int | Array) -> Array:
+  """Keys [N] = fold_in(fold_in(fold_in(PRNGKey(seed), step), index), view).
+
+  Depends only on the global example index, never on the device or process
+  that holds it. seed may be an int or a key; step/indices may be traced.
+  """
+  base = jax.random.fold_in(_base_key(seed), step)
+  per_example = lambda i: jax.random.fold_in(jax.random.fold_in(base, i), view)
+  return jax.vmap(per_example)(jnp.asarray(indices))
+
+
+def pretrain_views(seed: int | Array, step: int | Array, indices: Array,
+                   images_uint8: Array, cfg: ml_collections.ConfigDict,
+                   out_size: int, num_views: int = 2) -> Array:
+  """uint8 [N, H, W, C] -> float32 [num_views, N, out_size, out_size, C]."""
+  keys = jax.vmap(lambda v: example_keys(seed, step, indices, v))(
+      jnp.arange(num_views))  # [V, N]
+  # One vmap over views (not a Python loop) so the pipeline compiles once.
+  per_image = lambda k, x: simclr_view(k, x, cfg, out_size)
+  view_fn = jax.vmap(jax.vmap(per_image), in_axes=(0, None))
+  return view_fn(keys, to_float(images_uint8))
+
+
+def finetune_batch(seed: int | Array, step: int | Array, indices: Array,
+                   images_uint8: Array, cfg: ml_collections.ConfigDict,
+                   out_size: int) -> Array:
+  """uint8 [N, H, W, C] -> crop + flip float32 [N, out_size, out_size, C] (view 0 keys)."""
+  keys = example_keys(seed, step, indices, 0)
+  view_fn = jax.vmap(lambda k, x: finetune_view(k, x, cfg, out_size))
+  return view_fn(keys, to_float(images_uint8))
+
+
+def eval_preprocess(images_uint8: Array, out_size: int,
+                    crop_fraction: float = 0.875) -> Array:
+  """Deterministic eval input: centre square crop of crop_fraction x the shorter
+  side (off when out_size <= 32, as SimCLR's CIFAR eval), then bicubic resize
+  to out_size. uint8 [N, H, W, C] -> float32 [N, out_size, out_size, C]."""
+  x = to_float(images_uint8)
+  n, h, w, c = x.shape
+  if out_size > 32 and crop_fraction < 1.0:
+    side = int(math.floor(crop_fraction * min(h, w) + 0.5))
+    top, left = (h - side + 1) // 2, (w - side + 1) // 2  # TF's rounding
+    x = x[:, top:top + side, left:left + side]
+    h = w = side
+  if (h, w) != (out_size, out_size):
+    x = jnp.clip(jax.image.resize(x, (n, out_size, out_size, c), 'bicubic'), 0.0, 1.0)
+  return x
