@@ -95,6 +95,7 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
+  config.stop_at_step = 0          # > 0: checkpoint and exit at this step (run in chunks)
   config.multihost = 'auto'        # 'auto' (from the environment) | 'yes' | 'no'
 
   config.mode = 'simclr'           # 'simclr' (NT-Xent) | 'supcon' (labels)
@@ -156,3 +157,55 @@ def validate(config: ml_collections.ConfigDict,
     for key in ('flip_prob', 'jitter_prob', 'grayscale_prob', 'blur_prob', 'solarize_prob'):
       if not 0.0 <= a[key] <= 1.0:
         raise ValueError(f'config.augment.{key}={a[key]} must be in [0, 1].')
+
+
+def finetune_defaults() -> ml_collections.ConfigDict:
+  """Fine-tuning a pretrained encoder (or the same network from scratch) on a
+  class-balanced labelled subset; `contrastive_jax.finetune` reads these keys.
+
+  The optimizer defaults are SimCLR v1's fine-tuning recipe (Nesterov momentum
+  0.9, LR 0.05 x B/256, no weight decay, no warmup, cosine decay);
+  configs/finetune_v1.py and finetune_v2.py set the epochs per label fraction.
+  """
+  config = ml_collections.ConfigDict()
+  # Keys every binary shares (same meaning as in pretrain_defaults).
+  config.seed = 0
+  config.batch_size = 256
+  config.num_epochs = 60           # epochs over the labelled subset
+  config.total_steps = 0           # > 0 overrides num_epochs
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
+  config.multihost = 'auto'
+
+  # What to start from.
+  config.init_from = ''            # pretrain workdir to restore; '' = train from scratch
+  config.init_step = -1            # its checkpoint step; -1 = the latest
+  config.model_from = ''           # workdir whose config.model is used (architecture
+                                   # only); '' = init_from's, else config.model
+  config.ft_proj_selector = 0      # classifier input: 0 = h, k = k-th projection layer's
+                                   # output (v2: 1), -1 = the last (z)
+  config.fine_tune_after_block = -1  # -1 train all; 0 freeze the stem; k freeze stem +
+                                     # stages 1..k; 4 freeze everything but the classifier
+  config.zero_init = True          # classifier starts at zero logits
+  # Labelled subset of train (minus the val carve), class-balanced, saved to
+  # WORKDIR/label_subset.json and reused from there.
+  config.label_fraction = 0.01     # 0.01 | 0.1 | 1.0 ...
+  config.labels_per_class = 0      # > 0 overrides label_fraction
+  config.label_seed = 0            # the subset's seed (kept apart from `seed`)
+  config.save_logits = False       # WORKDIR/logits_<split>.npz at the end (tests, analysis)
+
+  config.data = data_defaults()
+  config.augment = augment_defaults()   # only the crop + flip keys are used
+  config.model = model_defaults()
+  config.optim = optim_defaults()
+  config.optim.name = 'sgd'
+  config.optim.learning_rate = 0.05
+  config.optim.lr_scaling = 'linear'
+  config.optim.weight_decay = 0.0
+  config.optim.momentum = 0.9
+  config.optim.nesterov = True
+  config.optim.warmup_epochs = 0.0
+  config.optim.warmup_fraction = 0.0
+  config.optim.schedule = 'cosine'
+  return config

@@ -156,8 +156,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                   if k in metrics})
     last_metrics = metrics
 
+  end_step = min(config.stop_at_step or total_steps, total_steps)
   try:
-    while step < total_steps:
+    while step < end_step:
       batch = parallel.global_batch(next(data), mesh)
       state, metrics = step_fn(state, batch)
       flush_pending()  # the previous log step's values are ready by now
