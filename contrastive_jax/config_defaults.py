@@ -64,6 +64,8 @@ def data_defaults() -> ml_collections.ConfigDict:
       test_split='test',
       val_examples=0,              # carved from the end of train (balanced); 0 = none
       image_size=0,                # network input side; 0 = the source's own size
+      host_image_size=0,           # varying-size data: side of the host's central
+                                   # square (e.g. 256 for a 224 crop); 0 = image_size
       in_memory=True,              # False: stream with tf.data (ImageNet-size data)
       shuffle_buffer=10_000,       # streaming only
       prefetch=2,

@@ -321,7 +321,7 @@ def make_train_iterator(data_cfg: Any, *, global_batch_size: int, seed: int,
     return tfds_source.TfdsTrainStream(
         data_cfg.name, data_cfg.train_split, data_dir=data_cfg.data_dir,
         global_batch_size=global_batch_size, seed=seed, start_step=start_step,
-        image_size=data_cfg.image_size, shuffle_buffer=data_cfg.shuffle_buffer,
+        image_size=sources.host_image_size(data_cfg), shuffle_buffer=data_cfg.shuffle_buffer,
         prefetch=data_cfg.prefetch, process_index=pi, process_count=pc)
   return BatchIterator(load_split(data_cfg, 'train'), global_batch_size=global_batch_size,
                        seed=seed, start_step=start_step, process_index=pi,
@@ -340,7 +340,7 @@ def make_eval_iterator(data_cfg: Any, which: str, *, global_batch_size: int,
     split = data_cfg.test_split if which == 'test' else data_cfg.train_split
     return tfds_source.stream_eval_batches(
         data_cfg.name, split, data_dir=data_cfg.data_dir,
-        global_batch_size=global_batch_size, image_size=data_cfg.image_size,
+        global_batch_size=global_batch_size, image_size=sources.host_image_size(data_cfg),
         process_index=pi, process_count=pc)
   return eval_batches(load_split(data_cfg, which), global_batch_size,
                       process_index=pi, process_count=pc)

@@ -276,6 +276,12 @@ def load_folder(path: str, image_size: int = 0) -> ArraySource:
 # ---------------------------------------------------------------------------
 # Dispatch on config.data.source.
 
+def host_image_size(data_cfg: Any) -> int:
+  """Side the host resizes varying-size images to (config.data.host_image_size,
+  else config.data.image_size); the device's random crop then sees that square."""
+  return int(data_cfg.get('host_image_size', 0) or data_cfg.image_size)
+
+
 def load_source(data_cfg: Any, split: str) -> ArraySource:
   """Loads `split` of the dataset `data_cfg` (config.data) names, into memory.
 
@@ -291,17 +297,17 @@ def load_source(data_cfg: Any, split: str) -> ArraySource:
   if source == 'tfds':
     from contrastive_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
     return tfds_source.load_tfds_arrays(data_cfg.name, split, data_cfg.data_dir,
-                                        image_size=data_cfg.image_size)
+                                        image_size=host_image_size(data_cfg))
   if source == 'folder':
     folder = data_cfg.folder
     if folder and os.path.isdir(os.path.join(folder, split)):
-      return load_folder(os.path.join(folder, split), data_cfg.image_size)
+      return load_folder(os.path.join(folder, split), host_image_size(data_cfg))
     if split != data_cfg.train_split:
       raise FileNotFoundError(
           f'config.data.folder={folder!r} has no {split!r} sub-folder; only the train '
           f'split ({data_cfg.train_split!r}) can be the whole folder. Add '
           f'{folder}/{split}/ or evaluate on a carved split (config.data.val_examples).')
-    return load_folder(folder, data_cfg.image_size)
+    return load_folder(folder, host_image_size(data_cfg))
   raise ValueError(f'config.data.source={source!r} is not valid; choose one of '
                    f'{SOURCE_CHOICES}.')
 
