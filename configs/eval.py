@@ -21,8 +21,10 @@ linear probe's learning rate x weight decay grid is chosen on the validation
 carve of train (the run's config.data.val_examples, else val_fraction of
 train), retrained on train + val and reported once on test.
 
-Expected on 2 CPU cores after configs/smoke.py (300 steps): about 1 minute;
-see the README for the numbers.
+Expected on 2 busy CPU cores after configs/smoke.py (300 steps, online probe
+73.3% test): about 50 s (features 13 s, linear grid 7 s, kNN 2 s, t-SNE of
+2000 points 20 s); linear 78.3% top-1 (99.6% top-5; chosen base LR 1.0, wd 0,
+val 78.1%), kNN k=20 77.7%, k=200 73.9% on the 2000 test images.
 """
 
 import ml_collections
