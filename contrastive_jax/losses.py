@@ -132,7 +132,6 @@ def _cross_view_metrics(z1, z2, z1_all, z2_all, labels, inv_t, axis_name, big_n,
                         block_size) -> Metrics:
   z1, z2 = jax.lax.stop_gradient(z1), jax.lax.stop_gradient(z2)
   z1_all, z2_all = jax.lax.stop_gradient(z1_all), jax.lax.stop_gradient(z2_all)
-  n = z1.shape[0]
   chunk = block_size if block_size else 2 * big_n
   if chunk >= big_n:
     logits_ab = z1 @ z2_all.T * inv_t

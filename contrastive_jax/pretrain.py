@@ -9,10 +9,7 @@ WORKDIR/checkpoints. On a TPU pod the same command runs on every host.
 
 from __future__ import annotations
 
-import signal
-import threading
-import time
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import ml_collections
@@ -21,33 +18,9 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from contrastive_jax import checkpoint, config_defaults, metrics_io, optim, parallel, train
+from contrastive_jax import checkpoint, config_defaults, loop, metrics_io, optim, parallel, train
 from contrastive_jax.data import pipeline
 from contrastive_jax.models import build_model
-
-
-class PreemptionFlag:
-  """Set by SIGTERM (TPU preemption, `kill`): the loop checkpoints and stops."""
-
-  def __init__(self):
-    self._event = threading.Event()
-    self._previous = None
-
-  def install(self) -> None:
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, lambda *_: self._event.set())
-
-  def uninstall(self) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
-
-  def should_stop(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      # Every host must agree on the step at which to stop; JAX's preemption
-      # service (started by jax.distributed) tells all of them the same step.
-      return self._event.is_set() or multihost_utils.reached_preemption_sync_point(step)
-    return self._event.is_set()
 
 
 def _schedule_lengths(config: ml_collections.ConfigDict, num_examples: int) -> tuple[int, int, int]:
@@ -63,18 +36,9 @@ def _schedule_lengths(config: ml_collections.ConfigDict, num_examples: int) -> t
 def evaluate_probe(predict_fn, variables: Any, data_cfg: ml_collections.ConfigDict,
                    split: str, batch_size: int, mesh) -> dict[str, float]:
   """Top-1 of the online linear probe on a whole split (eval preprocessing)."""
-  correct = total = 0
-  for batch in pipeline.make_eval_iterator(data_cfg, split, global_batch_size=batch_size):
-    arrays = parallel.global_batch({'image': batch['image']}, mesh)
-    logits = predict_fn(variables, arrays['image'])['probe_logits']
-    logits = np.asarray(multihost_utils.process_allgather(logits, tiled=True))
-    mask = np.asarray(multihost_utils.process_allgather(
-        batch['mask'], tiled=True))
-    labels = np.asarray(multihost_utils.process_allgather(
-        batch['label'], tiled=True))
-    correct += int(np.sum((logits.argmax(-1) == labels) & mask))
-    total += int(mask.sum())
-  return {f'{split}_probe_acc': correct / max(total, 1), f'{split}_examples': total}
+  out = loop.predict_split(lambda images: predict_fn(variables, images)['probe_logits'],
+                           data_cfg, split, batch_size, mesh)
+  return {f'{split}_probe_acc': loop.top1(out), f'{split}_examples': len(out['label'])}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -118,12 +82,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # --- Update step -------------------------------------------------------------
   step_fn = train.make_pretrain_step(model, tx, schedule, config, mesh, out_size)
   if start_step == 0 and config.summary_images:
-    first = parallel.global_batch(data.get_batch(0) if hasattr(data, 'get_batch')
-                                  else next(iter(data)), mesh)
-    views = train.make_view_fn(config, out_size)(0, first)
+    if hasattr(data, 'get_batch'):
+      first = data.get_batch(0)
+    else:  # a tf.data stream: read the first batch, then rewind to it
+      first = next(data)
+      data.restore({'step': 0})
+    views = train.make_view_fn(config, out_size)(0, parallel.global_batch(first, mesh))
     k = min(config.summary_images, views.shape[1])
-    pairs = np.asarray(multihost_utils.process_allgather(views[:, :k],
-                                                                          tiled=True))
+    pairs = np.asarray(multihost_utils.process_allgather(views[:, :k], tiled=True))
     writer.write_images(0, 'augmented_pairs', pairs.transpose(1, 0, 2, 3, 4).reshape(
         (-1,) + pairs.shape[2:]))
 
@@ -133,46 +99,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                jax.device_count())
   progress = metrics_io.Progress(total_steps, config.batch_size,
                                  log_every=config.log_every_steps, start_step=start_step)
-  preempted = PreemptionFlag()
+  flusher = loop.MetricsFlusher(writer, progress, config.batch_size, start_step,
+                                ('loss', 'contrast_acc', 'probe_acc'))
+  preempted = loop.PreemptionFlag()
   preempted.install()
-  pending: Optional[tuple[int, dict]] = None  # metrics of a previous step, still on device
-  last_time, last_step = time.monotonic(), start_step
-  last_metrics: dict[str, float] = {}
-  step = start_step
-
-  def flush_pending():
-    nonlocal pending, last_time, last_step, last_metrics
-    if pending is None:
-      return
-    logged_step, metrics = pending
-    pending = None
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    now = time.monotonic()
-    metrics['images_per_sec'] = (logged_step - last_step) * config.batch_size / max(
-        now - last_time, 1e-9)
-    last_time, last_step = now, logged_step
-    writer.write_scalars(logged_step, metrics)
-    progress.update(logged_step, {k: metrics[k] for k in ('loss', 'contrast_acc', 'probe_acc')
-                                  if k in metrics})
-    last_metrics = metrics
-
-  end_step = min(config.stop_at_step or total_steps, total_steps)
   try:
-    while step < end_step:
-      batch = parallel.global_batch(next(data), mesh)
-      state, metrics = step_fn(state, batch)
-      flush_pending()  # the previous log step's values are ready by now
-      step += 1
-      if step % config.log_every_steps == 0 or step == total_steps:
-        pending = (step, metrics)
-      if step % config.checkpoint_every_steps == 0 and step < total_steps:
-        ckpt.save(step, state, {'data': data.state(), 'total_steps': total_steps})
-      if preempted.should_stop(step):
-        logging.warning('SIGTERM: checkpointing step %d and exiting.', step)
-        break
-    flush_pending()
-    ckpt.save(step, state, {'data': data.state(), 'total_steps': total_steps}, force=True)
-    ckpt.wait()
+    state, step = loop.run_steps(
+        state, step_fn, data, mesh=mesh, start_step=start_step, total_steps=total_steps,
+        log_every=config.log_every_steps, checkpoint_every=config.checkpoint_every_steps,
+        ckpt=ckpt, extra_fn=lambda: {'data': data.state(), 'total_steps': total_steps},
+        flusher=flusher, should_stop=preempted.should_stop, stop_at_step=config.stop_at_step)
   finally:
     preempted.uninstall()
     ckpt.close()
@@ -180,7 +116,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       data.close()
 
   # --- Eval: the online probe, on val (for choices) and test (the reported number)
-  results: dict[str, Any] = {'step': step, **last_metrics}
+  results: dict[str, Any] = {'step': step, **flusher.last}
   if step >= total_steps and num_classes > 0:
     predict = train.make_predict_fn(model, mesh, out_size)
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
@@ -198,9 +134,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Path to a config file (get_config()).',
-                                lock_config=True)
-flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and summaries go.')
 
 
 def main(argv):
@@ -209,5 +142,10 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Flags are defined only when this file is the program, so that the binaries
+  # can import each other (absl refuses a flag defined by two modules).
+  config_flags.DEFINE_config_file('config', None, 'Path to a config file (get_config()).',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and summaries go.')
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)
