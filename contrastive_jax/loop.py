@@ -1,0 +1,151 @@
+"""Pieces of the training loop that every binary shares.
+
+  flusher = MetricsFlusher(writer, progress, batch_size, start_step, ('loss', 'train_acc'))
+  preempted = PreemptionFlag(); preempted.install()
+  state, step = run_steps(state, step_fn, batches, mesh=mesh, ...,
+                          should_stop=preempted.should_stop)
+  out = predict_split(logits_fn, config.data, 'test', batch_size, mesh)
+
+`run_steps` is the loop body of pretrain/finetune/distill: global batch
+assembly, asynchronous metrics (a log step's values are fetched after the next
+step is dispatched, so the host never waits on the device), periodic
+checkpoints with the data position, and a clean stop on SIGTERM (the caller
+passes its `PreemptionFlag.should_stop`).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from contrastive_jax import metrics_io, parallel
+from contrastive_jax.data import pipeline
+
+
+class PreemptionFlag:
+  """Set by SIGTERM (TPU preemption, `kill`): the loop checkpoints and stops.
+
+  (Same as pretrain.PreemptionFlag, which cannot be imported from another
+  binary: pretrain.py defines absl flags at import time.)
+  """
+
+  def __init__(self):
+    self._event = threading.Event()
+    self._previous = None
+
+  def install(self) -> None:
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, lambda *_: self._event.set())
+
+  def uninstall(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      # Every host must agree on the step at which to stop; JAX's preemption
+      # service (started by jax.distributed) tells all of them the same step.
+      return self._event.is_set() or multihost_utils.reached_preemption_sync_point(step)
+    return self._event.is_set()
+
+
+class MetricsFlusher:
+  """Holds a log step's metrics (still on device) and writes them one step later.
+
+  Adds `images_per_sec` (since the previous flush) and prints the `progress_keys`
+  on the console line.
+  """
+
+  def __init__(self, writer: metrics_io.MetricsWriter, progress: metrics_io.Progress,
+               batch_size: int, start_step: int, progress_keys: Sequence[str]):
+    self.writer, self.progress = writer, progress
+    self.batch_size, self.progress_keys = batch_size, tuple(progress_keys)
+    self._pending: Optional[tuple[int, Any]] = None
+    self._last_time, self._last_step = time.monotonic(), start_step
+    self.last: dict[str, float] = {}  # the latest flushed metrics
+
+  def set(self, step: int, device_metrics: Any) -> None:
+    self._pending = (step, device_metrics)
+
+  def flush(self) -> None:
+    if self._pending is None:
+      return
+    step, metrics = self._pending
+    self._pending = None
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    now = time.monotonic()
+    metrics['images_per_sec'] = (step - self._last_step) * self.batch_size / max(
+        now - self._last_time, 1e-9)
+    self._last_time, self._last_step = now, step
+    self.writer.write_scalars(step, metrics)
+    self.progress.update(step, {k: metrics[k] for k in self.progress_keys if k in metrics})
+    self.last = metrics
+
+
+def run_steps(state: Any, step_fn: Callable[..., tuple[Any, Any]],
+              batches: Iterator[Mapping[str, np.ndarray]], *, mesh,
+              start_step: int, total_steps: int, log_every: int, checkpoint_every: int,
+              ckpt, extra_fn: Callable[[], dict], flusher: MetricsFlusher,
+              should_stop: Callable[[int], bool], step_args: tuple = (),
+              stop_at_step: int = 0) -> tuple[Any, int]:
+  """Runs `state, metrics = step_fn(state, batch, *step_args)` up to total_steps
+  (or up to `stop_at_step` when > 0: config.stop_at_step, runs in chunks).
+
+  Checkpoints every `checkpoint_every` steps and at the end (or on stop) with
+  `extra_fn()` (data position, ...), then waits for the write. Returns
+  (state, step reached); step < total_steps means it stopped early.
+  """
+  step = start_step
+  end_step = min(stop_at_step or total_steps, total_steps)
+  while step < end_step:
+    batch = parallel.global_batch(next(batches), mesh)
+    state, metrics = step_fn(state, batch, *step_args)
+    flusher.flush()  # the previous log step's values are ready by now
+    step += 1
+    if step % log_every == 0 or step == total_steps:
+      flusher.set(step, metrics)
+    if step % checkpoint_every == 0 and step < total_steps:
+      ckpt.save(step, state, extra_fn())
+    if should_stop(step):
+      break
+  flusher.flush()
+  ckpt.save(step, state, extra_fn(), force=True)
+  ckpt.wait()
+  return state, step
+
+
+def predict_split(logits_fn: Callable[[jax.Array], jax.Array],
+                  data_cfg: ml_collections.ConfigDict, split: str, batch_size: int,
+                  mesh, keep_logits: bool = False) -> dict[str, np.ndarray]:
+  """One pass over 'train' | 'val' | 'test' with `logits_fn(global uint8 images)`.
+
+  Returns host arrays over the real (unpadded) examples: 'pred', 'label', 'id'
+  and, with keep_logits, 'logits' [N, classes].
+  """
+  out: dict[str, list] = {'pred': [], 'label': [], 'id': [], 'logits': []}
+  gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  for batch in pipeline.make_eval_iterator(data_cfg, split, global_batch_size=batch_size):
+    images = parallel.global_batch({'image': batch['image']}, mesh)['image']
+    logits = gather(logits_fn(images))
+    mask = gather(batch['mask'])
+    out['pred'].append(logits.argmax(-1)[mask])
+    out['label'].append(gather(batch['label'])[mask])
+    out['id'].append(gather(batch['index'])[mask])
+    if keep_logits:
+      out['logits'].append(logits[mask])
+  if not keep_logits:
+    del out['logits']
+  return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def top1(prediction: Mapping[str, np.ndarray]) -> float:
+  return float(np.mean(prediction['pred'] == prediction['label'])) if len(
+      prediction['label']) else 0.0
