@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Whole-step SimCLR throughput on a lent GPU (H100): ResNet-50, 224 px,
+# bfloat16, batch 256 per device, project step vs naive baseline.
+#
+# Here (a machine with pip and network):  bash benchmarks/fetch_gpu_wheels.sh
+# There (repo root, `.whl` carried):      bash benchmarks/gpu.sh [extra throughput.py flags]
+#
+# The GPU image has jax (CUDA), flax, optax, orbax, chex, absl-py and PyYAML,
+# but not dm-pix or ml-collections: those come from .whl/ and are installed
+# with --no-index into /tmp/site. TensorFlow is neither there nor needed.
+# Results: the table on stdout, and one JSON line in $OUT (device tool) or /tmp.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+RESULTS="${OUT:-/tmp}/throughput_gpu.jsonl"
+SITE="${SITE:-/tmp/site}"
+
+if ! ls .whl/*.whl >/dev/null 2>&1; then
+  echo "gpu.sh: no wheels in .whl/; run benchmarks/fetch_gpu_wheels.sh where pip can" \
+       "download, and carry .whl" >&2
+  exit 1
+fi
+"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target "$SITE" .whl/*.whl
+export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
+"$PY" - <<'PYEOF'
+import sys
+import jax, flax, optax, dm_pix, ml_collections
+print('python', sys.version.split()[0], '| jax', jax.__version__, '| flax', flax.__version__,
+      '| optax', optax.__version__, '| dm_pix', dm_pix.__version__, '| devices', jax.devices())
+assert 'tensorflow' not in sys.modules
+PYEOF
+
+"$PY" benchmarks/throughput.py --model resnet50 --image-size 224 --dtype bfloat16 \
+  --batch 256 --steps 20 --warmup 3 --conv auto --out "$RESULTS" \
+  --note "gpu.sh: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)" "$@"
+echo "gpu.sh: JSON line appended to $RESULTS"

@@ -1,0 +1,581 @@
+"""Whole-step SimCLR pretraining throughput on the current JAX backend.
+
+  python benchmarks/throughput.py --model resnet18 --image-size 32 --batch 256 \
+      --dtype float32 --steps 10 [--conv auto|xla|fast] [--out results.jsonl]
+  python benchmarks/throughput.py --quick        # seconds: CI's smoke check
+
+Times, on synthetic uint8 images (no dataset, never TensorFlow):
+
+  project   contrastive_jax.train.make_pretrain_step: on-device augmentation
+            (2 SimCLR views per image) + ResNet forward/backward + projection
+            head + NT-Xent under shard_map + online probe + LARS, one jit over
+            the 'data' mesh (all devices of the backend unless --devices).
+  naive     the same work written the obvious way in this file: a plain Flax
+            linen ResNet (nn.Conv, 'SAME' padding), 2-layer head, NT-Xent on
+            the full [2N, 2N] logits, optax.lars with no masks, one jax.jit on
+            one device, no probe. Its input is the project's own augmentation
+            (augment.pretrain_views) unless --naive-augment none, so by default
+            the ratio compares everything but the augmentation.
+  augment   the project's augmentation alone (train.make_view_fn), to give its
+            share of the project step.
+  matmul    a large jnp.dot in the compute dtype: the device's measured matmul
+            rate, the denominator of MFU (model FLOP utilisation).
+
+Step time: median of --steps steps (each ended by block_until_ready) after
+compilation and --warmup steps. images/s counts source images (each makes
+2 views). FLOPs come from XLA's cost analysis of the compiled step
+(`compiled.cost_analysis()['flops']`, per device for a sharded program, so
+multiplied by the device count); when the compiled module hides convolutions
+in custom calls (cuDNN on GPU reports ~0) the unoptimised module's count
+(`lowered.cost_analysis()`) is used and the table says so. With a conv other
+than nn.Conv (--conv fast) the executable does different arithmetic for the
+same network (XLA counts a patches-matmul backward differently), so the model
+FLOPs, and hence MFU, come from the same step built with nn.Conv (lowered, not
+compiled); the JSON keeps the executable's own count as executed_flops.
+Compare --conv variants by images/s.
+
+--batch is per device: the global batch is batch x devices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import functools
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from contrastive_jax import augment, config_defaults, optim, parallel, train
+from contrastive_jax.models import build_model
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+# ----------------------------------------------------------------------------
+# Configuration of the project step.
+
+def model_config(model: str, image_size: int, dtype: str):
+  """config.model for --model: depth 18/50 from DEPTHS; 'tiny' = the test net.
+
+  Stem 'cifar' (3x3/1, no pool) for images <= 64 px, else 'imagenet'.
+  """
+  cfg = config_defaults.model_defaults()
+  if model == 'tiny':
+    cfg.update(dict(depth=0, stage_sizes=(1, 1), block='basic', base_width=8))
+  else:
+    cfg.depth = {'resnet18': 18, 'resnet50': 50}[model]
+  cfg.stem = 'cifar' if image_size <= 64 else 'imagenet'
+  cfg.dtype = dtype
+  return cfg
+
+
+def pretrain_config(args: argparse.Namespace, global_batch: int):
+  config = config_defaults.pretrain_defaults()
+  config.batch_size = global_batch
+  config.model = model_config(args.model, args.image_size, args.dtype)
+  if args.image_size <= 64:
+    # CIFAR recipe: strength 0.5, no blur (configs/cifar10.py).
+    config.augment.jitter_strength = 0.5
+    config.augment.blur_prob = 0.0
+  else:
+    config.augment.blur_prob = 0.5  # ImageNet recipes
+  config_defaults.validate(config)
+  return config
+
+
+# ----------------------------------------------------------------------------
+# Conv class selection (the fast CPU conv is optional: another module's work).
+
+def resolve_conv(choice: str) -> tuple[Any, str]:
+  """(conv_cls, label) for --conv.
+
+  xla: flax nn.Conv (XLA's convolution and its autodiff).
+  fast: the CPU-fast conv of contrastive_jax.models.cpu_conv, on any backend.
+  auto: cpu_conv.conv_cls_for_backend('auto') when that module exists (the
+    fast conv on the CPU backend only), else nn.Conv.
+  """
+  if choice == 'xla':
+    return nn.Conv, 'xla: nn.Conv'
+  try:
+    from contrastive_jax.models import cpu_conv  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    if choice == 'fast':
+      raise SystemExit(f'--conv fast: contrastive_jax.models.cpu_conv is not available '
+                       f'({e}); use --conv xla or auto.') from e
+    return nn.Conv, 'auto: nn.Conv (cpu_conv not available)'
+  policy = getattr(cpu_conv, 'conv_cls_for_backend', None)
+  cls = None
+  if policy is not None:
+    try:
+      cls = policy(choice)  # conv_cls_for_backend(policy='auto'|'fast'|'xla')
+    except (TypeError, ValueError):
+      if choice == 'auto' or jax.default_backend() == 'cpu':
+        cls = policy()
+  if choice == 'fast' and (cls is None or cls is nn.Conv):
+    cls = getattr(cpu_conv, 'CpuConv', None) or getattr(cpu_conv, 'Conv', None)
+    if cls is None:
+      raise SystemExit('--conv fast: found no CpuConv/Conv class in '
+                       'contrastive_jax.models.cpu_conv.')
+  if cls is None:
+    return nn.Conv, 'auto: nn.Conv (cpu_conv has no conv_cls_for_backend)'
+  return cls, f'{choice}: {_name(cls)}'
+
+
+def _name(cls: Any) -> str:
+  if cls is nn.Conv:
+    return 'nn.Conv'
+  if isinstance(cls, functools.partial):
+    return _name(cls.func)
+  module = getattr(cls, '__module__', '').rsplit('.', 1)[-1]
+  return f"{module}.{getattr(cls, '__qualname__', repr(cls))}"
+
+
+# ----------------------------------------------------------------------------
+# The naive baseline: a plain single-jit SimCLR step.
+
+class NaiveBlock(nn.Module):
+  filters: int
+  strides: int
+  bottleneck: bool
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             dtype=self.dtype)
+    s = (self.strides, self.strides)
+    if self.bottleneck:
+      out = 4 * self.filters
+      y = nn.relu(norm()(conv(self.filters, (1, 1))(x)))
+      y = nn.relu(norm()(conv(self.filters, (3, 3), s)(y)))
+      y = norm(scale_init=nn.initializers.zeros)(conv(out, (1, 1))(y))
+    else:
+      out = self.filters
+      y = nn.relu(norm()(conv(self.filters, (3, 3), s)(x)))
+      y = norm(scale_init=nn.initializers.zeros)(conv(self.filters, (3, 3))(y))
+    if x.shape != y.shape:
+      x = norm()(conv(out, (1, 1), s)(x))
+    return nn.relu(x + y)
+
+
+class NaiveSimCLR(nn.Module):
+  stage_sizes: Sequence[int]
+  bottleneck: bool
+  width: int
+  cifar_stem: bool
+  dtype: Any = jnp.float32
+  proj_dim: int = 128
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             dtype=self.dtype)
+    x = x.astype(self.dtype)
+    if self.cifar_stem:
+      x = nn.relu(norm()(nn.Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)(x)))
+    else:
+      x = nn.Conv(self.width, (7, 7), (2, 2), use_bias=False, dtype=self.dtype)(x)
+      x = nn.max_pool(nn.relu(norm()(x)), (3, 3), (2, 2), padding='SAME')
+    for i, n in enumerate(self.stage_sizes):
+      for j in range(n):
+        x = NaiveBlock(self.width * 2 ** i, 2 if i > 0 and j == 0 else 1,
+                       self.bottleneck, self.dtype)(x, train)
+    h = jnp.mean(x, axis=(1, 2))
+    z = nn.relu(norm()(nn.Dense(h.shape[-1], use_bias=False, dtype=self.dtype)(h)))
+    z = norm()(nn.Dense(self.proj_dim, use_bias=False, dtype=self.dtype)(z))
+    return z.astype(jnp.float32)
+
+
+def naive_nt_xent(z1, z2, temperature: float):
+  z = jnp.concatenate([z1, z2], 0)
+  z = z / jnp.linalg.norm(z, axis=-1, keepdims=True)
+  n = z1.shape[0]
+  logits = z @ z.T / temperature - 1e9 * jnp.eye(2 * n)
+  positives = jnp.concatenate([jnp.arange(n) + n, jnp.arange(n)])
+  return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[jnp.arange(2 * n), positives])
+
+
+def make_naive(config, args: argparse.Namespace, out_size: int, image_shape):
+  """(jitted step, initial state) of the naive baseline."""
+  from contrastive_jax.models import resolve_architecture  # pylint: disable=g-import-not-at-top
+  stage_sizes, block = resolve_architecture(config.model)
+  model = NaiveSimCLR(stage_sizes=stage_sizes, bottleneck=block == 'bottleneck',
+                      width=config.model.base_width,
+                      cifar_stem=config.model.stem == 'cifar',
+                      dtype=_DTYPES[args.dtype], proj_dim=config.model.proj_dim)
+  tx = optax.lars(0.3 * config.batch_size / 256, weight_decay=1e-6, momentum=0.9)
+  variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0),
+                                         jnp.zeros((2, out_size, out_size, image_shape[-1])),
+                                         train=False))()
+  state = (jnp.zeros((), jnp.int32), variables['params'], variables['batch_stats'],
+           tx.init(variables['params']))
+
+  def step(state, batch):
+    step_, params, batch_stats, opt_state = state
+    if args.naive_augment == 'project':
+      views = augment.pretrain_views(config.seed, step_, batch['index'], batch['image'],
+                                     config.augment, out_size)
+      x = jnp.concatenate([views[0], views[1]], 0)
+    else:
+      x = augment.to_float(batch['image'])
+      if x.shape[1] != out_size:
+        x = jax.image.resize(x, (x.shape[0], out_size, out_size, x.shape[-1]), 'bilinear')
+      x = jnp.concatenate([x, x[:, :, ::-1]], 0)  # 2 "views": identity and a flip
+
+    def loss_fn(params):
+      z, mutated = model.apply({'params': params, 'batch_stats': batch_stats}, x,
+                               train=True, mutable=['batch_stats'])
+      z1, z2 = jnp.split(z, 2)
+      return naive_nt_xent(z1, z2, config.temperature), mutated['batch_stats']
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return (step_ + 1, params, batch_stats, opt_state), loss
+
+  return jax.jit(step, donate_argnums=0), state
+
+
+# ----------------------------------------------------------------------------
+# Measurement helpers.
+
+@dataclasses.dataclass
+class Timing:
+  name: str
+  compile_s: float = math.nan
+  step_s: float = math.nan             # median
+  step_min_s: float = math.nan
+  step_max_s: float = math.nan
+  flops: float = math.nan              # per call, global: model FLOPs (MFU numerator)
+  flops_source: str = ''
+  steps: int = 0
+  executed_flops: float = math.nan     # this executable's own count (other conv: differs)
+
+
+def _cost_flops(obj: Any) -> float:
+  try:
+    cost = obj.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return math.nan
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get('flops', math.nan))
+
+
+def compile_timed(jitted, *example_args, num_devices: int) -> tuple[Any, float, float, str]:
+  """(compiled, compile seconds, global FLOPs per call, where the FLOPs came from)."""
+  t0 = time.perf_counter()
+  lowered = jitted.lower(*example_args)
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - t0
+  # Compiled (optimised, SPMD-partitioned: per device) module's count.
+  flops = _cost_flops(compiled) * num_devices
+  source = 'compiled' + (f' x {num_devices} devices' if num_devices > 1 else '')
+  unopt = _cost_flops(lowered)  # whole program before partitioning and fusion
+  if not flops > 0 or (unopt > 0 and flops < 0.5 * unopt):
+    # e.g. GPU: convolutions become cuDNN custom calls that count ~0 FLOPs.
+    flops, source = unopt, 'lowered (unoptimised HLO)'
+  return compiled, compile_s, flops, source
+
+
+def xla_conv_step_flops(config, num_classes: int, tx, schedule, mesh, image_shape,
+                        batch) -> tuple[float, str]:
+  """Global FLOPs of the project step built with nn.Conv, from its unoptimised HLO."""
+  model = build_model(config.model, num_classes=num_classes, conv_cls=nn.Conv)
+  abstract = jax.eval_shape(lambda: train.init_state(
+      model, tx, seed=config.seed, image_shape=image_shape, mesh=mesh))
+  step_fn = train.make_pretrain_step(model, tx, schedule, config, mesh, image_shape[0])
+  return _cost_flops(step_fn.lower(abstract, batch)), 'nn.Conv step, lowered (unoptimised HLO)'
+
+
+def time_calls(fn: Callable[[], Any], steps: int, warmup: int) -> list[float]:
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def matmul_rate(dtype: Any, size: int, reps: int) -> tuple[float, float]:
+  """(best FLOP/s, median FLOP/s) of a size^3 jnp.dot in `dtype` (default precision)."""
+  key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
+  a = jax.random.normal(key_a, (size, size), jnp.float32).astype(dtype)
+  b = jax.random.normal(key_b, (size, size), jnp.float32).astype(dtype)
+  dot = jax.jit(jnp.dot)
+  times = time_calls(lambda: dot(a, b), reps, warmup=1)
+  flops = 2.0 * size ** 3
+  return flops / min(times), flops / statistics.median(times)
+
+
+def synthetic_batch(global_batch: int, source_size: int, channels: int,
+                    num_classes: int, mesh) -> dict[str, jax.Array]:
+  rng = np.random.default_rng(0)
+  local = dict(
+      image=rng.integers(0, 256, (global_batch, source_size, source_size, channels),
+                         dtype=np.uint8),
+      label=rng.integers(0, max(num_classes, 1), (global_batch,), dtype=np.int32),
+      index=np.arange(global_batch, dtype=np.int32))
+  return parallel.global_batch(local, mesh)
+
+
+def _git_commit() -> str:
+  try:
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(['git', '-C', repo, 'rev-parse', '--short', 'HEAD'],
+                         capture_output=True, text=True, timeout=5, check=False)
+    dirty = subprocess.run(['git', '-C', repo, 'status', '--porcelain'],
+                           capture_output=True, text=True, timeout=5, check=False)
+    return out.stdout.strip() + ('+dirty' if dirty.stdout.strip() else '') or 'unknown'
+  except Exception:  # pylint: disable=broad-except
+    return 'unknown'
+
+
+def environment() -> dict[str, Any]:
+  dev = jax.devices()[0]
+  return dict(
+      date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+      backend=jax.default_backend(), device_kind=dev.device_kind,
+      num_devices=jax.device_count(), host=platform.node(), cpu_count=os.cpu_count(),
+      loadavg=os.getloadavg()[0] if hasattr(os, 'getloadavg') else math.nan,
+      python=platform.python_version(), jax=jax.__version__,
+      jaxlib=_jaxlib_version(),
+      flax=flax.__version__, optax=optax.__version__, numpy=np.__version__,
+      commit=_git_commit())
+
+
+def _jaxlib_version() -> str:
+  try:
+    import jaxlib  # pylint: disable=g-import-not-at-top
+    return jaxlib.__version__
+  except Exception:  # pylint: disable=broad-except
+    return 'unknown'
+
+
+# ----------------------------------------------------------------------------
+# Main.
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--model', choices=('resnet18', 'resnet50', 'tiny'), default='resnet18')
+  p.add_argument('--image-size', type=int, default=32, help='network input side (px)')
+  p.add_argument('--source-size', type=int, default=0,
+                 help='side of the synthetic uint8 source images; 0 = image size for '
+                      '<= 64 px, else 8/7 x (256 for 224: a crop from a 256 px image)')
+  p.add_argument('--channels', type=int, default=3, choices=(1, 3))
+  p.add_argument('--batch', type=int, default=256,
+                 help='source images per device (global = batch x devices); 2 views each')
+  p.add_argument('--devices', type=int, default=0, help='use the first N devices; 0 = all')
+  p.add_argument('--dtype', choices=tuple(_DTYPES), default='float32', help='compute dtype')
+  p.add_argument('--steps', type=int, default=10, help='timed steps (median; >= 10)')
+  p.add_argument('--warmup', type=int, default=2, help='untimed steps after compiling')
+  p.add_argument('--conv', choices=('auto', 'xla', 'fast'), default='auto')
+  p.add_argument('--probe-classes', type=int, default=10,
+                 help='online linear probe classes in the project step (0 = no probe)')
+  p.add_argument('--naive', choices=('yes', 'no'), default='yes',
+                 help='also time the naive single-jit baseline')
+  p.add_argument('--naive-augment', choices=('project', 'none'), default='project',
+                 help="naive baseline input: the project's augmentation, or none "
+                      '(the image and its flip)')
+  p.add_argument('--matmul-size', type=int, default=0,
+                 help='side of the matmul that measures the peak rate; 0 = 2048 on CPU, '
+                      '8192 on accelerators')
+  p.add_argument('--note', default='', help='free text stored with the result '
+                                            "(e.g. 'noisy: 2 shared cores')")
+  p.add_argument('--out', default='', help='append one JSON line with every number here')
+  p.add_argument('--quick', action='store_true',
+                 help='CI smoke run: tiny net, 16 px, batch 4, 2 steps, 256 matmul')
+  args = p.parse_args(argv)
+  if args.quick:
+    args.model, args.image_size, args.batch = 'tiny', 16, 4
+    args.steps, args.warmup = 2, 1
+    args.matmul_size = args.matmul_size or 256
+  elif args.steps < 10:
+    p.error('--steps must be >= 10 (the median of at least 10 steps); --quick for less')
+  if not args.source_size:
+    args.source_size = (args.image_size if args.image_size <= 64
+                        else int(round(args.image_size * 8 / 7)))
+  return args
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+  devices = jax.devices()[:args.devices] if args.devices else jax.devices()
+  mesh = parallel.make_mesh(devices)
+  num_devices = len(devices)
+  global_batch = args.batch * num_devices
+  config = pretrain_config(args, global_batch)
+  out_size = args.image_size
+  image_shape = (out_size, out_size, args.channels)
+  env = environment()
+  backend = env['backend']
+
+  # --- project step.
+  conv_cls, conv_label = resolve_conv(args.conv)
+  model = build_model(config.model, num_classes=args.probe_classes, conv_cls=conv_cls)
+  total_steps = 1000
+  tx, schedule = optim.build_optimizer(config.optim, batch_size=global_batch,
+                                       total_steps=total_steps, warmup_steps=10)
+  state = train.init_state(model, tx, seed=config.seed, image_shape=image_shape, mesh=mesh)
+  batch = synthetic_batch(global_batch, args.source_size, args.channels,
+                          args.probe_classes, mesh)
+  step_fn = train.make_pretrain_step(model, tx, schedule, config, mesh, out_size)
+  compiled, compile_s, flops, flops_src = compile_timed(step_fn, state, batch,
+                                                        num_devices=num_devices)
+  executed_flops = flops
+  if conv_cls is not nn.Conv:
+    # Model FLOPs are those of the network, not of an implementation: a conv
+    # whose backward is a patches matmul is counted differently by XLA. Take
+    # them from the same step built with nn.Conv (lowered only, no compile).
+    flops, flops_src = xla_conv_step_flops(config, args.probe_classes, tx, schedule,
+                                           mesh, image_shape, batch)
+  holder = [state]
+
+  def project_call():
+    holder[0], metrics = compiled(holder[0], batch)
+    return holder[0], metrics
+  times = time_calls(project_call, args.steps, args.warmup)
+  loss = float(jax.device_get(project_call()[1]['loss']))
+  project = Timing('project', compile_s, statistics.median(times), min(times), max(times),
+                   flops, flops_src, len(times), executed_flops)
+  del holder, state
+
+  # --- augmentation alone (the project's view function, same sharded batch).
+  view_fn = train.make_view_fn(config, out_size)
+  step0 = jnp.zeros((), jnp.int32)
+  aug_compiled, aug_compile_s, aug_flops, aug_src = compile_timed(
+      view_fn, step0, batch, num_devices=num_devices)
+  counter = [0]
+
+  def aug_call():
+    counter[0] += 1
+    return aug_compiled(jnp.asarray(counter[0], jnp.int32), batch)
+  times = time_calls(aug_call, args.steps, args.warmup)
+  aug = Timing('augment', aug_compile_s, statistics.median(times), min(times), max(times),
+               aug_flops, aug_src, len(times))
+
+  # --- naive baseline (one device, no sharding).
+  naive = None
+  naive_loss = math.nan
+  if args.naive == 'yes':
+    naive_step, naive_state = make_naive(config, args, out_size, image_shape)
+    dev0 = devices[0]
+    naive_batch = jax.device_put(jax.device_get(batch), dev0)
+    naive_state = jax.device_put(naive_state, dev0)
+    n_compiled, n_compile_s, n_flops, n_src = compile_timed(
+        naive_step, naive_state, naive_batch, num_devices=1)
+    n_holder = [naive_state]
+
+    def naive_call():
+      n_holder[0], loss_ = n_compiled(n_holder[0], naive_batch)
+      return n_holder[0], loss_
+    times = time_calls(naive_call, args.steps, args.warmup)
+    naive_loss = float(jax.device_get(naive_call()[1]))
+    naive = Timing('naive', n_compile_s, statistics.median(times), min(times), max(times),
+                   n_flops, n_src, len(times))
+    del n_holder, naive_state
+
+  # --- matmul rate in the compute dtype.
+  size = args.matmul_size or (2048 if backend == 'cpu' else 8192)
+  reps = 5 if backend == 'cpu' else 20
+  mm_best, mm_median = matmul_rate(_DTYPES[args.dtype], size, reps)
+
+  result = dict(
+      kind='throughput', env=env, note=args.note,
+      args={k: v for k, v in vars(args).items()},
+      conv=conv_label, global_batch=global_batch, views_per_image=2,
+      matmul=dict(dtype=args.dtype, size=size, best_flops_per_s=mm_best,
+                  median_flops_per_s=mm_median),
+      loss_after=dict(project=loss, naive=naive_loss))
+  for t in (project, aug, naive):
+    if t is None:
+      continue
+    result[t.name] = dataclasses.asdict(t) | dict(
+        images_per_s=global_batch / t.step_s,
+        flops_per_image=t.flops / global_batch,
+        flops_per_s=t.flops / t.step_s,
+        mfu=t.flops / t.step_s / mm_best)
+  result['augment_share'] = aug.step_s / project.step_s
+  if naive is not None:
+    result['ratio_project_over_naive'] = naive.step_s / project.step_s
+  return result
+
+
+def format_table(r: dict[str, Any]) -> str:
+  env, a = r['env'], r['args']
+  lines = [
+      f"# SimCLR step throughput: {a['model']} {a['image_size']} px (source "
+      f"{a['source_size']} px, C={a['channels']}), {a['dtype']}, global batch "
+      f"{r['global_batch']} ({a['batch']}/device x {env['num_devices'] if not a['devices'] else a['devices']}"
+      f" device(s)), 2 views/image",
+      f"# {env['date']} | {env['backend']} {env['device_kind']} | {env['cpu_count']} CPUs, "
+      f"load {env['loadavg']:.1f} | jax {env['jax']} jaxlib {env['jaxlib']} flax "
+      f"{env['flax']} optax {env['optax']} | commit {env['commit']}",
+  ]
+  if r.get('note'):
+    lines.append(f"# note: {r['note']}")
+  lines += [
+      '',
+      '| row | step ms (median) | min-max ms | images/s | model GFLOP/image | model GFLOP/s | MFU | '
+      'compile s |',
+      '|---|---|---|---|---|---|---|---|',
+  ]
+  labels = {
+      'project': f"project (conv={r['conv']})",
+      'naive': f"naive (plain jit, 1 device, aug={a['naive_augment']})",
+      'augment': 'augment only (project views)',
+  }
+  for name in ('project', 'naive', 'augment'):
+    t = r.get(name)
+    if not t:
+      continue
+    lines.append(
+        f"| {labels[name]} | {1e3 * t['step_s']:.1f} | {1e3 * t['step_min_s']:.1f}-"
+        f"{1e3 * t['step_max_s']:.1f} | {t['images_per_s']:.1f} | "
+        f"{t['flops_per_image'] / 1e9:.3f} | {t['flops_per_s'] / 1e9:.1f} | "
+        f"{100 * t['mfu']:.1f}% | {t['compile_s']:.1f} |")
+  m = r['matmul']
+  lines.append(
+      f"| matmul {m['dtype']} {m['size']}^2 (best / median) | - | - | - | - | "
+      f"{m['best_flops_per_s'] / 1e9:.1f} / {m['median_flops_per_s'] / 1e9:.1f} | 100% | - |")
+  lines.append('')
+  lines.append(f"augmentation share of the project step: {100 * r['augment_share']:.1f}%")
+  if 'ratio_project_over_naive' in r:
+    lines.append(f"ratio project/naive (images/s): {r['ratio_project_over_naive']:.2f}")
+  lines.append(f"FLOPs from: project {r['project']['flops_source']}"
+               + (f"; naive {r['naive']['flops_source']}" if r.get('naive') else ''))
+  lines.append(f"loss after timing: project {r['loss_after']['project']:.4f}, "
+               f"naive {r['loss_after']['naive']:.4f}")
+  return '\n'.join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = parse_args(argv)
+  result = run(args)
+  print(format_table(result), flush=True)
+  if args.out:
+    with open(args.out, 'a', encoding='utf-8') as f:
+      f.write(json.dumps(result, default=float) + '\n')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

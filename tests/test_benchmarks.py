@@ -1,0 +1,95 @@
+"""The benchmark scripts run (--quick, tiny sizes) and print the expected tables.
+
+Each script runs as a subprocess, as a user would run it, with TensorFlow,
+tensorflow_datasets and tensorboardX made unimportable: the GPU machine the
+benchmarks are meant for has none of them, so the training path must not
+need them. The numbers are not checked, only that they are there and finite.
+"""
+
+import json
+import math
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# Runs a script with `import tensorflow` (and friends) failing, as on the GPU machine.
+_NO_TF = (
+    "import runpy, sys\n"
+    "for m in ('tensorflow', 'tensorflow_datasets', 'tensorboardX'): sys.modules[m] = None\n"
+    "script = sys.argv[1]; sys.argv = sys.argv[1:]\n"
+    "runpy.run_path(script, run_name='__main__')\n"
+)
+
+
+def _run(script: str, args: list[str], env_update: dict[str, str]) -> str:
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)  # conftest's 8 devices: each script picks its own
+  env.update(env_update, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
+  proc = subprocess.run([sys.executable, '-c', _NO_TF, str(REPO / 'benchmarks' / script)]
+                        + args, cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, f'{script} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}'
+  return proc.stdout
+
+
+def _table_rows(stdout: str) -> list[list[str]]:
+  """Markdown table body rows (header and separator dropped), split into cells."""
+  rows = [line.strip().strip('|').split('|') for line in stdout.splitlines()
+          if line.startswith('|') and not line.startswith('|---')]
+  return [[c.strip() for c in r] for r in rows[1:]]
+
+
+def _finite(x) -> bool:
+  return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def test_throughput_quick(tmp_path):
+  out = tmp_path / 'tp.jsonl'
+  stdout = _run('throughput.py', ['--quick', '--conv', 'xla', '--naive-augment', 'none',
+                                          '--out', str(out)], {})
+  rows = _table_rows(stdout)
+  names = [r[0] for r in rows]
+  assert [n.split(' ')[0] for n in names] == ['project', 'naive', 'augment', 'matmul'], names
+  for r in rows[:3]:  # step ms, images/s, GFLOP/image, GFLOP/s
+    for cell in (r[1], r[3], r[4], r[5]):
+      assert math.isfinite(float(cell)) and float(cell) >= 0, r
+    assert r[6].endswith('%') and math.isfinite(float(r[6][:-1])), r
+  assert re.search(r'augmentation share of the project step: [0-9.]+%', stdout)
+  assert re.search(r'ratio project/naive \(images/s\): [0-9.]+', stdout)
+
+  result = json.loads(out.read_text().splitlines()[-1])
+  for name in ('project', 'naive', 'augment'):
+    t = result[name]
+    assert t['steps'] == 2
+    for key in ('step_s', 'images_per_s', 'flops_per_image', 'mfu', 'compile_s'):
+      assert _finite(t[key]) and t[key] > 0, (name, key, t[key])
+  assert result['project']['flops_per_image'] > result['augment']['flops_per_image']
+  assert _finite(result['augment_share']) and _finite(result['ratio_project_over_naive'])
+  assert _finite(result['matmul']['best_flops_per_s'])
+  assert _finite(result['loss_after']['project']) and _finite(result['loss_after']['naive'])
+  assert result['global_batch'] == 4 and result['env']['num_devices'] == 1
+
+
+def test_ntxent_scale_quick(tmp_path):
+  out = tmp_path / 'nt.jsonl'
+  stdout = _run('ntxent_scale.py', ['--quick', '--out', str(out)], {})
+  rows = _table_rows(stdout)
+  assert [(r[0], r[1].split(' ')[0]) for r in rows] == [
+      ('256', 'dense'), ('256', 'blockwise'), ('1024', 'dense'), ('1024', 'blockwise')]
+  for r in rows:
+    assert math.isfinite(float(r[7])), r  # quick sizes are always timed
+  result = json.loads(out.read_text().splitlines()[-1])
+  assert result['env']['num_devices'] == 8
+  for row in result['rows']:
+    assert row['effective'] == row['mode']  # block 128 < 2B: the blockwise path runs
+    assert _finite(row['time_s']) and _finite(row['loss'])
+    assert _finite(row['mem']['temp']) and row['mem']['peak'] > 0
+  dense = {r['batch']: r for r in result['rows'] if r['mode'] == 'dense'}
+  # Per-device temp memory grows with the batch (logits are [2n, 2B]).
+  assert dense[1024]['mem']['temp'] > dense[256]['mem']['temp']
