@@ -48,6 +48,8 @@ def model_defaults() -> ml_collections.ConfigDict:
       proj_dim=128,
       proj_hidden_dim=0,           # 0 = encoder output width
       dtype='float32',             # compute dtype: 'float32' | 'bfloat16'
+      conv='auto',                 # 'auto': fast-weight-gradient conv on CPU, XLA's
+                                   # elsewhere | 'xla' | 'fast' (models/cpu_conv.py)
       bn_momentum=0.9,
       bn_epsilon=1e-5,
   ))
@@ -123,6 +125,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     'model.block': ('', 'basic', 'bottleneck'),
     'model.stem': ('imagenet', 'cifar'),
     'model.dtype': ('float32', 'bfloat16'),
+    'model.conv': ('auto', 'xla', 'fast'),
     'data.source': ('embedded', 'idx', 'tfds', 'folder'),
     'optim.name': ('lars', 'sgd', 'adamw'),
     'optim.lr_scaling': ('linear', 'sqrt', 'none'),
@@ -178,6 +181,7 @@ def finetune_defaults() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
+  config.stop_at_step = 0          # > 0: checkpoint and exit at this step (run in chunks)
   config.multihost = 'auto'
 
   # What to start from.

@@ -37,7 +37,7 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from contrastive_jax import (checkpoint, config_defaults, export, metrics_io, parallel, plots,
-                             probes, train)
+                             probes, train, xla_cpu)
 from contrastive_jax.data import pipeline, sources
 from contrastive_jax.data.sources import ArraySource
 from contrastive_jax.models import build_encoder, build_model
@@ -509,6 +509,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  xla_cpu.apply_defaults()  # before the first computation starts the CPU backend
   evaluate(FLAGS.config, FLAGS.workdir)
 
 

@@ -18,7 +18,8 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from contrastive_jax import checkpoint, config_defaults, loop, metrics_io, optim, parallel, train
+from contrastive_jax import (checkpoint, config_defaults, loop, metrics_io, optim, parallel,
+                             train, xla_cpu)
 from contrastive_jax.data import pipeline
 from contrastive_jax.models import build_model
 
@@ -138,6 +139,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  xla_cpu.apply_defaults()  # before the first computation starts the CPU backend
   train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

@@ -81,9 +81,23 @@ def _dtype(model_cfg: ml_collections.ConfigDict) -> Any:
   return _DTYPES[model_cfg.dtype]
 
 
+def _conv_cls(model_cfg: ml_collections.ConfigDict, conv_cls: Any) -> Any:
+  """An explicit conv class wins; else config.model.conv (default 'auto')."""
+  if conv_cls is not None:
+    return conv_cls
+  from contrastive_jax.models import cpu_conv  # pylint: disable=g-import-not-at-top
+  return cpu_conv.conv_cls_for_backend(model_cfg.get('conv', 'auto'))
+
+
 def build_encoder(model_cfg: ml_collections.ConfigDict,
-                  conv_cls: Any = nn.Conv) -> ResNet:
-  """The ResNet described by config.model (float32 params, cfg.dtype compute)."""
+                  conv_cls: Any = None) -> ResNet:
+  """The ResNet described by config.model (float32 params, cfg.dtype compute).
+
+  The convolution is XLA's on accelerators; on CPU (config.model.conv='auto')
+  it is cpu_conv.Conv, whose weight gradient avoids XLA:CPU's slow lowering.
+  Parameters are identical either way, so checkpoints move freely.
+  """
+  conv_cls = _conv_cls(model_cfg, conv_cls)
   stage_sizes, block = resolve_architecture(model_cfg)
   return ResNet(
       stage_sizes=stage_sizes, block=block, base_width=model_cfg.base_width,
@@ -101,7 +115,7 @@ def encoder_width(model_cfg: ml_collections.ConfigDict) -> int:
 
 
 def build_model(model_cfg: ml_collections.ConfigDict, num_classes: int,
-                conv_cls: Any = nn.Conv) -> ContrastiveModel:
+                conv_cls: Any = None) -> ContrastiveModel:
   """Encoder + projection head from config.model; num_classes > 0 adds the probe."""
   head = ProjectionHead(
       num_layers=model_cfg.num_proj_layers, out_dim=model_cfg.proj_dim,

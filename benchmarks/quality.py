@@ -1,0 +1,223 @@
+r"""Representation quality per CPU minute: pretrain for a wall-clock budget, then probe.
+
+  python benchmarks/quality.py --budget-minutes 20            # one budget
+  python benchmarks/quality.py --budgets 5,20 --out /tmp/q    # several, plus the plot
+  python benchmarks/quality.py --quick                        # CI: embedded data, seconds
+
+For each budget B: a short calibration run measures the steady-state steps/s
+of configs/fashion_mnist.py on this machine, total_steps is set so pretraining
+takes about B minutes (so the cosine schedule ends on time), the pretrain
+binary runs (its whole wall time, compilation included, is reported), then
+the eval binary measures linear-probe (frozen h, full train set, LR/wd chosen
+on the validation carve) and kNN (k = 20, 200) test accuracy. Baselines in the
+same run: the same probes on raw pixels, and on the randomly initialised
+encoder (one step at learning rate 0, so only BN statistics see data).
+Writes OUT/quality.json, OUT/quality.md (the table), OUT/accuracy_vs_minutes.png
+and OUT/loss_curve.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(args: list[str], log_path: str) -> float:
+  """Runs a binary as a subprocess; returns its wall time in seconds."""
+  env = dict(os.environ, PYTHONUNBUFFERED='1', TF_CPP_MIN_LOG_LEVEL='2')
+  t0 = time.monotonic()
+  with open(log_path, 'w') as log:
+    proc = subprocess.run([sys.executable, '-m', *args], cwd=REPO, env=env, stdout=log,
+                          stderr=subprocess.STDOUT)
+  if proc.returncode:
+    raise RuntimeError(f'{" ".join(args[:2])} failed; see {log_path}')
+  return time.monotonic() - t0
+
+
+def _metrics(workdir: str) -> list[dict]:
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _pretrain(config: str, workdir: str, overrides: list[str]) -> float:
+  return _run(['contrastive_jax.pretrain', f'--config={config}', f'--workdir={workdir}',
+               *overrides], os.path.join(os.path.dirname(workdir),
+                                         os.path.basename(workdir) + '.log'))
+
+
+def _evaluate(init_from: str, eval_arg: str) -> dict:
+  workdir = init_from + '_eval'
+  _run(['contrastive_jax.eval', f'--config={REPO}/configs/eval.py{eval_arg}',
+        f'--workdir={workdir}', f'--config.init_from={init_from}', '--config.plot=False'],
+       workdir + '.log')
+  with open(os.path.join(workdir, 'eval', 'results.json')) as f:
+    return json.load(f)
+
+
+def steps_per_second(config: str, workdir: str, overrides: list[str], steps: int) -> float:
+  """Steady-state pretraining speed: the images/s logged after the first log step."""
+  _pretrain(config, workdir, overrides + [f'--config.total_steps={steps}',
+                                          f'--config.log_every_steps={max(steps // 4, 1)}',
+                                          '--config.summary_images=0'])
+  rows = [r for r in _metrics(workdir) if 'images_per_sec' in r][1:]
+  batch = json.load(open(os.path.join(workdir, 'config.json')))['batch_size']
+  return float(np.median([r['images_per_sec'] for r in rows])) / batch
+
+
+def raw_pixel_baseline(data_overrides: dict, eval_arg: str) -> dict:
+  """Linear probe and kNN on raw pixels, with the eval binary's own protocol code."""
+  from contrastive_jax import config_defaults, probes  # pylint: disable=g-import-not-at-top
+  from contrastive_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  cfg = _load_config(os.path.join(REPO, 'configs', 'eval.py') + eval_arg)
+  data_cfg = config_defaults.data_defaults()
+  data_cfg.update(data_overrides)
+  data = eval_lib.load_eval_data(data_cfg, need_train=True, need_val=True,
+                                 val_fraction=cfg.val_fraction)
+  pixels = lambda src: (src.images.reshape(src.num_examples, -1) / 255.0, src.labels)
+  lin = cfg.linear
+  linear = probes.linear_protocol(
+      pixels(data.train), pixels(data.val), pixels(data.test), num_classes=data.num_classes,
+      base_learning_rates=lin.learning_rates, weight_decays=lin.weight_decays,
+      lr_scaling=lin.lr_scaling, epochs=lin.epochs, batch_size=lin.batch_size,
+      optimizer=lin.optimizer, momentum=lin.momentum, nesterov=lin.nesterov,
+      schedule=lin.schedule, feature_norm=lin.feature_norm, seed=cfg.seed)
+  bank = [np.concatenate(p) for p in zip(pixels(data.train), pixels(data.val))]
+  knn = probes.knn_evaluate(*bank, *pixels(data.test), num_classes=data.num_classes,
+                            ks=cfg.knn.ks, temperature=cfg.knn.temperature,
+                            chunk_size=cfg.knn.chunk_size)
+  return _pick({**linear, **knn})
+
+
+def _load_config(path_and_arg: str):
+  """get_config(arg) of a config file given as 'path.py[:arg]'."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path, _, arg = path_and_arg.partition(':')
+  spec = importlib.util.spec_from_file_location('_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--config', default=os.path.join(REPO, 'configs', 'fashion_mnist.py'))
+  parser.add_argument('--budget-minutes', type=float, default=20.0)
+  parser.add_argument('--budgets', default='', help='comma-separated minutes; overrides '
+                      '--budget-minutes')
+  parser.add_argument('--out', default='/tmp/cj_quality')
+  parser.add_argument('--quick', action='store_true', help='CI: embedded data, tiny net')
+  parser.add_argument('--skip-baselines', action='store_true')
+  parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                      help='pretrain config override, e.g. --set model.base_width=64')
+  args = parser.parse_args()
+
+  budgets = ([float(b) for b in args.budgets.split(',')] if args.budgets
+             else [args.budget_minutes])
+  config, eval_arg = args.config, ''
+  overrides = [f'--config.{kv}' for kv in args.set]
+  data_overrides = {'source': 'idx', 'val_examples': 5000}
+  if args.quick:
+    config = os.path.join(REPO, 'configs', 'smoke.py') + ':tiny'
+    budgets, eval_arg = [0.1], ':tiny'
+    data_overrides = {'source': 'embedded', 'val_examples': 0}
+  os.makedirs(args.out, exist_ok=True)
+
+  rows = []
+  for minutes in budgets:
+    tag = f'{minutes:g}min'
+    rate = steps_per_second(config, os.path.join(args.out, f'calib_{tag}'), overrides,
+                            steps=8 if args.quick else 40)
+    total = max(int(minutes * 60 * rate), 2)
+    workdir = os.path.join(args.out, f'simclr_{tag}')
+    wall = _pretrain(config, workdir, overrides + [f'--config.total_steps={total}'])
+    result = _evaluate(workdir, eval_arg)
+    rows.append({'name': f'SimCLR {tag}', 'budget_minutes': minutes, 'steps': total,
+                 'pretrain_wall_s': wall, **_pick(result)})
+    print(json.dumps(rows[-1]), flush=True)
+
+  if not args.skip_baselines:
+    workdir = os.path.join(args.out, 'random_init')
+    _pretrain(config, workdir, overrides + ['--config.total_steps=1',
+                                            '--config.optim.learning_rate=0.0'])
+    rows.append({'name': 'random-init encoder', **_pick(_evaluate(workdir, eval_arg))})
+    rows.append({'name': 'raw pixels', **raw_pixel_baseline(data_overrides, eval_arg)})
+
+  meta = {'date': datetime.date.today().isoformat(), 'machine': platform.processor() or
+          platform.machine(), 'cpus': os.cpu_count(), 'config': config, 'versions': _versions()}
+  with open(os.path.join(args.out, 'quality.json'), 'w') as f:
+    json.dump({'meta': meta, 'rows': rows}, f, indent=1)
+  table = _table(rows)
+  with open(os.path.join(args.out, 'quality.md'), 'w') as f:
+    f.write(table)
+  print(table)
+  _plots(rows, [os.path.join(args.out, f'simclr_{b:g}min') for b in budgets], args.out)
+
+
+def _pick(result: dict) -> dict:
+  keys = ('linear_top1', 'knn_k20_top1', 'knn_k200_top1', 'step')
+  return {k: result[k] for k in keys if k in result}
+
+
+def _versions() -> dict:
+  import flax, jax, optax  # pylint: disable=g-import-not-at-top,multiple-imports
+  return {'jax': jax.__version__, 'flax': flax.__version__, 'optax': optax.__version__,
+          'python': platform.python_version()}
+
+
+def _table(rows: list[dict]) -> str:
+  lines = ['| run | steps | pretrain wall | linear probe | kNN-20 | kNN-200 |',
+           '|---|---|---|---|---|---|']
+  fmt = lambda v: f'{100 * v:.1f}%' if isinstance(v, float) else '-'
+  for r in rows:
+    wall = f"{r['pretrain_wall_s'] / 60:.1f} min" if 'pretrain_wall_s' in r else '-'
+    lines.append(f"| {r['name']} | {r.get('steps', '-')} | {wall} | "
+                 f"{fmt(r.get('linear_top1'))} | {fmt(r.get('knn_k20_top1'))} | "
+                 f"{fmt(r.get('knn_k200_top1'))} |")
+  return '\n'.join(lines) + '\n'
+
+
+def _plots(rows: list[dict], workdirs: list[str], out: str) -> None:
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    print('matplotlib missing: no plots')
+    return
+  runs = [r for r in rows if 'budget_minutes' in r]
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  for key, label in (('linear_top1', 'linear probe'), ('knn_k20_top1', 'kNN-20')):
+    ax.plot([r['pretrain_wall_s'] / 60 for r in runs], [100 * r[key] for r in runs], 'o-',
+            label=label)
+  for r in rows:
+    if 'budget_minutes' not in r and 'linear_top1' in r:
+      ax.axhline(100 * r['linear_top1'], ls='--', lw=0.8, color='gray')
+      ax.text(0, 100 * r['linear_top1'], r['name'], fontsize=7, va='bottom')
+  ax.set_xlabel('pretraining wall-clock minutes (this CPU)')
+  ax.set_ylabel('test accuracy (%)')
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, 'accuracy_vs_minutes.png'), dpi=120)
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  for workdir in workdirs:
+    m = [r for r in _metrics(workdir) if 'loss' in r]
+    ax.plot([r['step'] for r in m], [r['loss'] for r in m], label=os.path.basename(workdir))
+  ax.set_xlabel('step')
+  ax.set_ylabel('NT-Xent loss')
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, 'loss_curve.png'), dpi=120)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,52 @@
+"""SimCLR on the full Fashion-MNIST (offline IDX files): the CPU quality benchmark.
+
+  python -m contrastive_jax.pretrain --config=configs/fashion_mnist.py --workdir=/tmp/cj_fmnist
+  python -m contrastive_jax.eval --config=configs/eval.py --workdir=/tmp/cj_fmnist \
+      --config.init_from=/tmp/cj_fmnist
+  python benchmarks/quality.py --budget-minutes 20   # fixed wall-clock budget + baselines
+
+Data: the four IDX files of Debian's `dataset-fashion-mnist`
+(/usr/share/datasets/fashion-mnist), 60k train (5k carved for validation) /
+10k test, 28x28 grayscale. Recipe choices for 28 px grayscale on a 2-core
+CPU, where every step is expensive, are explained next to each value; runs
+that failed are recorded in benchmarks/NOTES.md ("Fashion-MNIST recipe").
+"""
+
+from contrastive_jax import config_defaults
+
+
+def get_config(arg: str | None = None):
+  config = config_defaults.pretrain_defaults()
+  config.batch_size = 256
+  config.num_epochs = 20
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 2
+
+  config.data.source = 'idx'
+  config.data.val_examples = 5000   # probe/recipe choices on this carve, never on test
+
+  # A garment is most of a 28 px frame: crops below ~1/4 of it rarely keep
+  # enough of it to match its pair.
+  config.augment.crop_area_min = 0.25
+  # One channel: only brightness and contrast apply (no hue/saturation).
+  config.augment.jitter_strength = 0.5
+  config.augment.blur_prob = 0.0    # no blur at 28 px (as CIFAR)
+
+  config.model.depth = 0
+  config.model.stage_sizes = (1, 1, 1)
+  config.model.block = 'basic'
+  config.model.base_width = 32      # h width 128
+  config.model.stem = 'cifar'
+  config.model.num_proj_layers = 2
+  config.model.proj_dim = 64
+
+  config.temperature = 0.2
+  config.optim.name = 'lars'
+  config.optim.learning_rate = 0.075
+  config.optim.lr_scaling = 'sqrt'  # SimCLR's rule for small batches / short runs
+  config.optim.weight_decay = 1e-6
+  config.optim.warmup_fraction = 0.05
+  if arg:
+    raise ValueError(f"configs/fashion_mnist.py takes no argument, not {arg!r}.")
+  return config

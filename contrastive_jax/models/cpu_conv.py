@@ -1,0 +1,426 @@
+"""A 2-D convolution whose weight gradient avoids XLA:CPU's convolution lowering.
+
+Why: on the CPU backend XLA lowers the weight gradient (wgrad) of a convolution
+to a "convolution with a huge window" (input channels as batch, batch as
+features). With this jaxlib's default (YNNPACK convolutions) that measured
+1.5-12x slower than the matmul formulation below on ResNet layers at batch
+128 (worst on 1x1 convs and RGB stems; ~2x on 3x3 convs at 32 px), see
+/work/shared/cpu-convolution-notes.md and benchmarks/NOTES.md. Here the
+forward pass and the input gradient stay XLA's; only the weight gradient is
+rewritten as dense matrix multiplies over shifted copies of the activations:
+
+  dW[i, j, c, o] = sum_{n, h, w} x_pad[n, h*sh + i, w*sw + j, c] * dy[n, h, w, o]
+
+"full" scheme: im2col. The input is copied once per tap (strided slices for
+stride > 1) into a channel-major [kh*kw*C, rows] matrix, then one matmul with
+dy [rows, O]. A 1x1 conv is just that matmul.
+"mixed" scheme (stride 1, C, O >= 16, feature maps >= 16 px): the input is
+shifted along W only (kw copies, channels (j, c)) and dy is shifted down along
+H only (kh copies, channels (i, o), zero rows filling the gap inside each
+image); one matmul [kw*C, rows] @ [rows, kh*O] then yields all kh*kw taps as
+its blocks. It writes (kw*C + kh*O) instead of kh*kw*C values per pixel and
+its matmul is squarer; the cost is (OH+kh-1)/OH times the matmul work.
+The batch is processed in chunks of a few MB (a fori_loop) so the copies stay
+in cache between the copy fusion and the matmul.
+
+`Conv` is a drop-in for `flax.linen.Conv` (it IS an nn.Conv subclass that only
+swaps `conv_general_dilated`), so the parameter tree ('kernel' [kh,kw,cin,cout],
+optional 'bias') and the auto-generated module names ('Conv_0', ...) are
+identical and checkpoints are interchangeable. Cases the custom VJP does not
+cover (dilation, feature groups, non-NHWC layouts, non-2-D) fall back to lax.
+Per layer, wgrad='auto' keeps XLA's own wgrad where it measured faster (only
+when XLA_FLAGS put XLA's convolutions on Eigen, see use_fast_weight_grad).
+Use `conv_cls_for_backend()` to pick the class only on CPU: accelerators keep
+XLA's native convolution.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+# Bytes of shifted copies built per wgrad chunk (one loop iteration). Chosen
+# with benchmarks/conv_bench.py (benchmarks/NOTES.md): a few MB keeps them in
+# L2/L3 between the copy and the matmul; materialising the whole batch at once
+# was 2-4x slower.
+DEFAULT_CHUNK_BYTES = 4 << 20
+
+_NHWC_DN = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
+                                    out_spec=(0, 3, 1, 2))
+
+
+# ----------------------------------------------------------------------------
+# Weight gradient.
+# ----------------------------------------------------------------------------
+
+def _dot_nn(a: jax.Array, b: jax.Array) -> jax.Array:
+  """a[P, R] @ b[R, Q] -> float32 [P, Q] (row-major 'NN' matmul).
+
+  XLA:CPU runs NN dots through YNNPACK; a dot contracting dim 0 of both
+  operands ('TN', what NHWC data gives naturally) fell back to a ~1.5-2x slower
+  path (NOTES.md). So the shifted copies of the input are built channel-major.
+  """
+  kw = {}
+  sharding = getattr(jax.typeof(a), 'sharding', None)
+  spec = getattr(sharding, 'spec', ())
+  if len(spec) > 1 and spec[1] is not None:
+    # Explicitly batch-sharded operands (the contraction runs over the batch):
+    # each device contracts its own rows, then the [P, Q] result is summed
+    # over devices (replicated output).
+    kw['out_sharding'] = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+  return lax.dot_general(a, b, (((1,), (0,)), ((), ())),
+                         preferred_element_type=jnp.float32, **kw)
+
+
+def choose_scheme(kernel_hw: tuple[int, int], strides: tuple[int, int], c: int, o: int,
+                  out_hw: tuple[int, int]) -> str:
+  """'full' (im2col) or 'mixed' (see module doc) for one conv geometry.
+
+  'mixed' writes (kw*C + kh*O) instead of kh*kw*C values per pixel but its
+  matmul also runs over the kh-1 zero rows per image, i.e. (OH+kh-1)/OH times
+  the work. Measured (NOTES.md): mixed wins at 32x32 (6% extra work), ties at
+  16x16 (12.5%), loses at 8x8 and 4x4, and loses badly for tiny C (the stem).
+  It only exists for stride 1.
+  """
+  kh, kw = kernel_hw
+  oh = out_hw[0]
+  if strides != (1, 1) or kh * kw == 1 or min(c, o) < 16:
+    return 'full'
+  return 'mixed' if (oh + kh - 1) <= 1.125 * oh else 'full'
+
+
+def _bytes_per_image(scheme: str, kernel_hw, c: int, o: int, out_hw, itemsize: int) -> int:
+  kh, kw = kernel_hw
+  oh, ow = out_hw
+  if scheme == 'mixed':
+    return (oh + kh - 1) * ow * (kw * c + kh * o) * itemsize
+  return oh * ow * (kh * kw * c + o) * itemsize
+
+
+def _wgrad_chunk(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int],
+                 strides: tuple[int, int], pads: Pads, scheme: str) -> jax.Array:
+  """Weight gradient of one batch chunk: float32 [KH, KW, C, O]."""
+  kh, kw = kernel_hw
+  sh, sw = strides
+  n, oh, ow, o = dy.shape
+  c = x.shape[-1]
+  xp = lax.pad(x, jnp.zeros((), x.dtype),
+               ((0, 0, 0), (pads[0][0], pads[0][1], 0), (pads[1][0], pads[1][1], 0),
+                (0, 0, 0)))
+  # Channel-major input [C, n, H, W]: XLA fuses this transpose into the
+  # shift/concat fusion below, and the dot becomes NN (see _dot_nn).
+  xt = jnp.transpose(xp, (3, 0, 1, 2))
+  if scheme == 'full':
+    # im2col: tap (i, j) reads rows i, i+sh, ..., i+sh*(oh-1) (likewise cols).
+    cols = [lax.slice(xt, (0, 0, i, j), (c, n, i + sh * (oh - 1) + 1, j + sw * (ow - 1) + 1),
+                      (1, 1, sh, sw)) for i in range(kh) for j in range(kw)]
+    xcol = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=0)
+    xcol = xcol.reshape(kh * kw * c, -1)
+    if len(cols) == 1:
+      # A transpose feeding a dot directly is folded into the dot (-> slow TN);
+      # the barrier keeps the channel-major copy.
+      xcol = lax.optimization_barrier(xcol)
+    return _dot_nn(xcol, dy.reshape(-1, o)).reshape(kh, kw, c, o)
+  assert scheme == 'mixed' and strides == (1, 1), (scheme, strides)
+  hq = oh + kh - 1
+  # Input shifted along W only: [(j, c), n*hq*ow].
+  xs = jnp.concatenate([xt[:, :, :hq, j:j + ow] for j in range(kw)], axis=0)
+  xs = xs.reshape(kw * c, -1)
+  # dy shifted down by i rows inside each image (zero rows fill the gap):
+  # [n*hq*ow, (i, o)]; row (h', w) then pairs x row h' with dy row h'-i.
+  ds = jnp.concatenate([jnp.pad(dy, ((0, 0), (i, kh - 1 - i), (0, 0), (0, 0)))
+                        for i in range(kh)], axis=-1).reshape(-1, kh * o)
+  g = _dot_nn(xs, ds)                                  # [(j, c), (i, o)]
+  return g.reshape(kw, c, kh, o).transpose(2, 0, 1, 3)
+
+
+def _chunking(n: int, bytes_per_image: int, chunk_bytes: int) -> tuple[int, int, int]:
+  """-> (images per chunk cb, number of chunks nb, zero images to append).
+
+  cb is the divisor of n closest (in ratio) to chunk_bytes / bytes_per_image,
+  so the [n] -> [cb, nb] split is a free reshape; only when no divisor lies
+  within 2x of the target is the batch padded with zero images (a copy).
+  """
+  target = max(1.0, min(n, chunk_bytes / max(bytes_per_image, 1)))
+  divisors = [d for d in range(1, n + 1) if n % d == 0]
+  cb = min(divisors, key=lambda d: abs(np.log(d / target)))
+  if 0.5 <= cb / target <= 2.0:
+    return cb, n // cb, 0
+  cb = int(round(target))
+  nb = -(-n // cb)
+  return cb, nb, cb * nb - n
+
+
+def _batch_shards(x: jax.Array) -> int:
+  """How many ways the batch axis of x is sharded in its (explicit) type."""
+  try:
+    sharding = jax.typeof(x).sharding
+    axes = sharding.spec[0] if len(sharding.spec) else None
+  except (AttributeError, TypeError):
+    return 1
+  if axes is None:
+    return 1
+  axes = axes if isinstance(axes, tuple) else (axes,)
+  return int(np.prod([sharding.mesh.shape[a] for a in axes]))
+
+
+def conv_weight_grad(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int],
+                     strides: tuple[int, int], pads: Pads, *,
+                     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                     scheme: str | None = None) -> jax.Array:
+  """dL/dW of y = conv(x, W) (NHWC / HWIO) given dy = dL/dy; float32 result.
+
+  Chunks the batch so the shifted copies stay in cache. Chunk b holds images
+  b, b+nb, b+2nb, ... (a free reshape [N] -> [cb, nb]): the loop then runs over
+  an axis that is not the (possibly sharded) batch axis, so under a batch-
+  sharded jit each device keeps working on its own images.
+  """
+  kernel_hw, strides = tuple(kernel_hw), tuple(strides)
+  n, c = x.shape[0], x.shape[-1]
+  out_hw, o = dy.shape[1:3], dy.shape[-1]
+  scheme = scheme or choose_scheme(kernel_hw, strides, c, o, out_hw)
+  if scheme == 'mixed' and strides != (1, 1):
+    scheme = 'full'
+  per_image = _bytes_per_image(scheme, kernel_hw, c, o, out_hw, x.dtype.itemsize)
+  # With an explicitly sharded batch (each device holds n/shards images), the
+  # chunk must be a multiple of `shards` so [n] -> [cb, nb] keeps the sharding
+  # on cb; chunk size is then judged per device.
+  shards = _batch_shards(x)
+  if n % shards:
+    shards = 1
+  cb, nb, extra = _chunking(n // shards, per_image, chunk_bytes)
+  if shards > 1 and extra:  # no zero-padding of a sharded batch: nearest divisor
+    nl = n // shards
+    cb = min((d for d in range(1, nl + 1) if nl % d == 0),
+             key=lambda d: abs(np.log(d * per_image / chunk_bytes)))
+    nb, extra = nl // cb, 0
+  cb *= shards
+  chunk = functools.partial(_wgrad_chunk, kernel_hw=kernel_hw, strides=strides,
+                            pads=pads, scheme=scheme)
+  if nb == 1:
+    return chunk(x, dy)
+  if extra:  # zero images contribute zero gradient
+    x = jnp.pad(x, ((0, extra),) + ((0, 0),) * 3)
+    dy = jnp.pad(dy, ((0, extra),) + ((0, 0),) * 3)
+  xs = x.reshape((cb, nb) + x.shape[1:])
+  dys = dy.reshape((cb, nb) + dy.shape[1:])
+
+  def body(b, acc):
+    xb = lax.dynamic_index_in_dim(xs, b, axis=1, keepdims=False)
+    db = lax.dynamic_index_in_dim(dys, b, axis=1, keepdims=False)
+    return acc + chunk(xb, db)
+
+  init = jnp.zeros(kernel_hw + (c, o), jnp.float32)
+  return lax.fori_loop(0, nb, body, init)
+
+
+# ----------------------------------------------------------------------------
+# Input gradient and XLA's own weight gradient.
+# ----------------------------------------------------------------------------
+
+def _lax_conv(x, w, strides, pads, precision=None):
+  return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC_DN,
+                                  precision=precision)
+
+
+def conv_input_grad(dy: jax.Array, w: jax.Array, x_shape: Sequence[int],
+                    strides: tuple[int, int], pads: Pads,
+                    flipped: bool = False) -> jax.Array:
+  """dL/dx. Default: XLA's transpose of the convolution. `flipped=True` (stride
+  1 only) writes it as a forward conv with the spatially flipped, in/out-
+  swapped kernel, which is what XLA emits anyway (measured equal, NOTES.md)."""
+  kh, kw = w.shape[:2]
+  if flipped and strides == (1, 1):
+    dpads = ((kh - 1 - pads[0][0], kh - 1 - pads[0][1]),
+             (kw - 1 - pads[1][0], kw - 1 - pads[1][1]))
+    if min(min(p) for p in dpads) >= 0:
+      wf = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+      return _lax_conv(dy, wf, (1, 1), dpads)
+  (dx,) = jax.linear_transpose(lambda x: _lax_conv(x, w, strides, pads),
+                               jax.ShapeDtypeStruct(tuple(x_shape), dy.dtype))(dy)
+  return dx
+
+
+def xla_weight_grad(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int],
+                    strides: tuple[int, int], pads: Pads, c_out: int) -> jax.Array:
+  """XLA's own weight gradient (the transpose rule of lax's convolution)."""
+  w_shape = jax.ShapeDtypeStruct(tuple(kernel_hw) + (x.shape[-1], c_out), x.dtype)
+  (dw,) = jax.linear_transpose(lambda w: _lax_conv(x, w, strides, pads), w_shape)(dy)
+  return dw
+
+
+def xla_convs_use_eigen(xla_flags: str | None = None) -> bool:
+  """Whether XLA_FLAGS move XLA:CPU's convolutions from YNNPACK (the default
+  of this jaxlib) to the Eigen path, i.e. contain
+  --xla_cpu_experimental_ynn_fusion_type=-individual_convolution (or an exact
+  list without individual_convolution)."""
+  flags = os.environ.get('XLA_FLAGS', '') if xla_flags is None else xla_flags
+  m = re.findall(r'--xla_cpu_experimental_ynn_fusion_type=(\S*)', flags)
+  if not m:
+    return False
+  items = [v for v in m[-1].split(',') if v]
+  if items and all(v[0] in '+-' for v in items):
+    return '-individual_convolution' in items
+  return 'individual_convolution' not in items
+
+
+def use_fast_weight_grad(kernel_hw: tuple[int, int], strides: tuple[int, int],
+                         in_hw: tuple[int, int], c_in: int,
+                         eigen: bool | None = None) -> bool:
+  """The 'auto' wgrad choice for one conv geometry (benchmarks/NOTES.md).
+
+  With XLA's default YNNPACK convolutions, our wgrad measured faster on every
+  ResNet-18 CIFAR / ResNet-50 layer shape at batch 128 (1.0-12x), so always.
+  With convolutions on Eigen (xla_convs_use_eigen()), Eigen's wgrad beats ours
+  by 5-40% on small feature maps with many channels (8x8x256, 4x4x512,
+  14x14x256), so there XLA's is kept; ours stays for 1x1 convs, RGB stems
+  (C < 16) and inputs >= 16 px (tie at 16x16x128, ours +30% at 32x32x64).
+  """
+  eigen = xla_convs_use_eigen() if eigen is None else eigen
+  if not eigen:
+    return True
+  return kernel_hw[0] * kernel_hw[1] == 1 or c_in < 16 or min(in_hw) >= 16
+
+
+# XLA_FLAGS entry that moves XLA:CPU's convolutions from YNNPACK to Eigen while
+# keeping YNNPACK for matmuls (measured best with this module; NOTES.md). It
+# must be in the environment before JAX initialises its CPU backend.
+EIGEN_CONV_XLA_FLAG = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
+
+
+# ----------------------------------------------------------------------------
+# The custom-VJP convolution.
+# ----------------------------------------------------------------------------
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _conv(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads,
+          precision: Any, chunk_bytes: int, wgrad: str) -> jax.Array:
+  return _lax_conv(x, w, strides, pads, precision)
+
+
+def _conv_fwd(x, w, strides, pads, precision, chunk_bytes, wgrad):
+  return _conv(x, w, strides, pads, precision, chunk_bytes, wgrad), (x, w)
+
+
+def _conv_bwd(strides, pads, precision, chunk_bytes, wgrad, res, dy):
+  del precision  # CPU float32 convs/dots are full precision regardless
+  x, w = res
+  dy = dy.astype(x.dtype)
+  dx = conv_input_grad(dy, w, x.shape, strides, pads).astype(x.dtype)
+  kernel_hw = w.shape[:2]
+  if wgrad == 'auto':
+    wgrad = 'fast' if use_fast_weight_grad(kernel_hw, strides, x.shape[1:3],
+                                           x.shape[-1]) else 'xla'
+  if wgrad == 'xla':
+    dw = xla_weight_grad(x, dy, kernel_hw, strides, pads, w.shape[-1])
+  else:
+    dw = conv_weight_grad(x, dy, kernel_hw, strides, pads, chunk_bytes=chunk_bytes)
+  return dx, dw.astype(w.dtype)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _explicit_pads(padding: Any, in_hw: Sequence[int], k_hw: Sequence[int],
+                   strides: Sequence[int]) -> Pads:
+  if isinstance(padding, str):
+    pads = lax.padtype_to_pads(tuple(in_hw), tuple(k_hw), tuple(strides), padding)
+  else:
+    pads = padding
+  return tuple((int(lo), int(hi)) for lo, hi in pads)  # type: ignore[return-value]
+
+
+def _is_nhwc(dimension_numbers: Any) -> bool:
+  if dimension_numbers is None:
+    return False  # lax's default is NCHW/OIHW
+  if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+    return tuple(dimension_numbers) == tuple(_NHWC_DN)
+  return tuple(dimension_numbers) == ('NHWC', 'HWIO', 'NHWC')
+
+
+def _all_ones(v: Any) -> bool:
+  return v is None or all(int(d) == 1 for d in np.atleast_1d(v))
+
+
+def conv_general_dilated(lhs: jax.Array, rhs: jax.Array,
+                         window_strides: Sequence[int],
+                         padding: Any,
+                         lhs_dilation: Sequence[int] | None = None,
+                         rhs_dilation: Sequence[int] | None = None,
+                         dimension_numbers: Any = None,
+                         feature_group_count: int = 1,
+                         batch_group_count: int = 1,
+                         precision: Any = None,
+                         preferred_element_type: Any = None,
+                         *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                         wgrad: str = 'auto') -> jax.Array:
+  """Same signature as lax.conv_general_dilated. 2-D NHWC/HWIO convolutions
+  without dilation/groups get the custom VJP; anything else goes to lax
+  unchanged.
+
+  wgrad: 'fast' (conv_weight_grad), 'xla' (XLA's own; the custom VJP is then
+  only a pass-through) or 'auto' (use_fast_weight_grad per layer geometry).
+  """
+  if wgrad not in ('auto', 'fast', 'xla'):
+    raise ValueError(f"wgrad must be 'auto', 'fast' or 'xla', got {wgrad!r}")
+  supported = (lhs.ndim == 4 and _is_nhwc(dimension_numbers) and _all_ones(lhs_dilation)
+               and _all_ones(rhs_dilation) and feature_group_count == 1
+               and batch_group_count == 1 and preferred_element_type is None
+               and lhs.dtype == rhs.dtype)
+  if not supported:
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count, batch_group_count=batch_group_count,
+        precision=precision, preferred_element_type=preferred_element_type)
+  strides = tuple(int(s) for s in window_strides)
+  pads = _explicit_pads(padding, lhs.shape[1:3], rhs.shape[:2], strides)
+  if isinstance(precision, list):
+    precision = tuple(precision)  # nondiff args must be hashable
+  return _conv(lhs, rhs, strides, pads, precision, int(chunk_bytes), wgrad)
+
+
+class Conv(nn.Conv):
+  """flax.linen.Conv with the fast-CPU-wgrad convolution (see module doc).
+
+  Only the default of nn.Conv's `conv_general_dilated` hook changes; every
+  other field and the whole __call__ are nn.Conv's. Deliberately named `Conv`:
+  flax auto-names submodules after the class name, so a model built with this
+  class has the same 'Conv_0', 'Conv_1', ... param paths as one built with
+  nn.Conv. To choose the wgrad or its chunk size, pass
+  conv_general_dilated=functools.partial(cpu_conv.conv_general_dilated,
+  wgrad='fast'|'xla'|'auto', chunk_bytes=...).
+  """
+  conv_general_dilated: Callable[..., jax.Array] | None = conv_general_dilated
+
+
+CpuConv = Conv  # alias; its __name__ is still 'Conv' (see class docstring)
+
+
+def conv_cls_for_backend(policy: str = 'auto',
+                         backend: str | None = None) -> Callable[..., nn.Module]:
+  """The convolution class to pass as ResNet(conv_cls=...).
+
+  policy: 'auto' -> the fast-wgrad Conv on the CPU backend, nn.Conv elsewhere
+          (GPU/TPU keep XLA's native, well-tuned convolution);
+          'xla' -> always nn.Conv; 'fast' -> always this module's Conv.
+  backend: defaults to jax.default_backend().
+  """
+  if policy == 'xla':
+    return nn.Conv
+  if policy == 'fast':
+    return Conv
+  if policy != 'auto':
+    raise ValueError(f"conv policy must be 'auto', 'xla' or 'fast', got {policy!r}")
+  backend = backend or jax.default_backend()
+  return Conv if backend == 'cpu' else nn.Conv

@@ -1,0 +1,41 @@
+"""XLA:CPU settings the binaries apply before JAX starts its CPU backend.
+
+Measured in benchmarks/NOTES.md ("Convolution weight gradient on CPU"): with
+jaxlib 0.10, moving XLA:CPU's convolutions from YNNPACK to Eigen (matmuls stay
+on YNNPACK) speeds the forward and input-gradient convolutions up by ~7% and,
+with models/cpu_conv.py's weight gradient, the whole ResNet-18 step by ~1.56x
+over the default. Older jaxlibs do not know the flag and abort on unknown
+XLA_FLAGS, so it is only added for jaxlib >= 0.10. Set
+CONTRASTIVE_JAX_XLA_DEFAULTS=0 to leave XLA_FLAGS alone.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+
+EIGEN_CONV_FLAG = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
+
+
+def _jaxlib_at_least(major: int, minor: int) -> bool:
+  try:
+    version = importlib.metadata.version('jaxlib')
+  except importlib.metadata.PackageNotFoundError:
+    return False
+  parts = [int(p) for p in version.split('.')[:2] if p.isdigit()]
+  return tuple(parts) >= (major, minor)
+
+
+def apply_defaults() -> bool:
+  """Adds the measured-best XLA:CPU flag to XLA_FLAGS; returns whether it did.
+
+  Must run before the first JAX computation (XLA reads XLA_FLAGS when the
+  backend starts). A flag the user already set for the same option wins.
+  """
+  if os.environ.get('CONTRASTIVE_JAX_XLA_DEFAULTS', '1') == '0':
+    return False
+  flags = os.environ.get('XLA_FLAGS', '')
+  if 'xla_cpu_experimental_ynn_fusion_type' in flags or not _jaxlib_at_least(0, 10):
+    return False
+  os.environ['XLA_FLAGS'] = f'{flags} {EIGEN_CONV_FLAG}'.strip()
+  return True
