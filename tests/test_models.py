@@ -501,3 +501,18 @@ def test_count_params():
           'b': [jnp.zeros(5), jax.ShapeDtypeStruct((2, 2), jnp.float32)]}
   assert models.count_params(tree) == 21
   assert models.count_params({}) == 0
+
+
+def test_cifar_stem_stride_two_halves_the_feature_maps():
+  from contrastive_jax.models import build_encoder, tiny_model_config
+  cfg = tiny_model_config()
+  shapes = {}
+  for stride in (1, 2):
+    cfg.stem_stride = stride
+    enc = build_encoder(cfg)
+    x = jnp.zeros((2, 28, 28, 1))
+    _, state = jax.eval_shape(
+        lambda x_: enc.init_with_output(jax.random.PRNGKey(0), x_, train=False,
+                                        capture_intermediates=True), x)
+    shapes[stride] = state['intermediates']['stem_conv']['__call__'][0].shape
+  assert shapes[1] == (2, 28, 28, 8) and shapes[2] == (2, 14, 14, 8)

@@ -102,7 +102,7 @@ def build_encoder(model_cfg: ml_collections.ConfigDict,
   return ResNet(
       stage_sizes=stage_sizes, block=block, base_width=model_cfg.base_width,
       width_multiplier=model_cfg.width_multiplier, stem=model_cfg.stem,
-      sk_ratio=model_cfg.sk_ratio, dtype=_dtype(model_cfg),
+      stem_stride=model_cfg.get('stem_stride', 1), sk_ratio=model_cfg.sk_ratio, dtype=_dtype(model_cfg),
       bn_momentum=model_cfg.bn_momentum, bn_epsilon=model_cfg.bn_epsilon,
       conv_cls=conv_cls)
 
