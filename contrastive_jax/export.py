@@ -5,6 +5,9 @@
   out = encoder(images)            # images: [N, H, W, C] floats in [0, 1] (or uint8)
   out['h'], out['z']               # encoder features, projection-head output
 
+  clf = export.load_classifier('/tmp/ft')   # a finetune or distill workdir
+  clf.logits(images_uint8)         # [N, num_classes]; clf.predict -> class ids
+
 The workdir's `config.json` says how to rebuild the model; the checkpoint gives
 the parameters and BatchNorm statistics. Optimizer state is never loaded.
 """
@@ -24,6 +27,7 @@ import numpy as np
 
 from contrastive_jax import augment, checkpoint
 from contrastive_jax.models import build_model
+from contrastive_jax.models import classifier as classifier_lib
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -109,3 +113,78 @@ class Encoder:
 def load_encoder(workdir: str, step: Optional[int] = None) -> Encoder:
   """The trained encoder of a pretraining workdir, ready to call on images."""
   return Encoder(load_pretrained(workdir, step))
+
+
+class Classifier:
+  """A fine-tuned (or distilled) classifier, ready to call on images.
+
+    clf = load_classifier('/tmp/ft')
+    clf.logits(images_uint8)     # [N, num_classes] float32 (numpy)
+    clf.predict(images_uint8)    # [N] int class ids
+
+  uint8 images [N, H, W, C] get the eval preprocessing (centre crop when the
+  input side is above 32 px, resize to the training input size); float images
+  in [0, 1] are used as they are. Evaluated in chunks of `batch_size` images.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, model: nn.Module,
+               variables: dict[str, Any], step: int, batch_size: int = 512):
+    self.config = config
+    self.model = model
+    self.step = int(step)
+    self.variables = jax.tree.map(jnp.asarray, variables)
+    self.num_classes = int(model.num_classes)
+    self.image_size = int(config.data.image_size) or None
+    self.batch_size = batch_size
+    self._apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+
+  def preprocess(self, images: Any) -> jax.Array:
+    images = np.asarray(images)
+    if images.ndim == 3:
+      images = images[None]
+    if images.dtype == np.uint8:
+      return augment.eval_preprocess(jnp.asarray(images), self.image_size or images.shape[1])
+    return jnp.asarray(images, jnp.float32)
+
+  def apply(self, x: jax.Array) -> jax.Array:
+    """Eval-mode logits of already preprocessed float images (jittable inside)."""
+    return self._apply(self.variables, x)
+
+  def logits(self, images: Any) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim == 3:
+      images = images[None]
+    chunks = [np.asarray(self.apply(self.preprocess(images[i:i + self.batch_size])))
+              for i in range(0, len(images), self.batch_size)]
+    return (np.concatenate(chunks) if chunks
+            else np.zeros((0, self.num_classes), np.float32))
+
+  def predict(self, images: Any) -> np.ndarray:
+    return self.logits(images).argmax(-1)
+
+  __call__ = logits
+
+
+def load_classifier(workdir: str, step: Optional[int] = None) -> Classifier:
+  """The classifier of a fine-tune or distill workdir (latest checkpoint by default)."""
+  config = read_config(workdir)
+  if 'ft_proj_selector' not in config:
+    raise ValueError(f'{workdir} is not a fine-tune or distill workdir (its config.json has '
+                     'no ft_proj_selector); use load_encoder for pretraining runs.')
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
+  try:
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints yet.')
+    state, _ = ckpt.restore(step)
+  finally:
+    ckpt.close()
+  params, batch_stats = state['params'], state.get('batch_stats', {})
+  num_classes = _head_classes(params, 'classifier')
+  if num_classes <= 0:
+    raise ValueError(f'The checkpoint in {workdir} has no classifier parameters.')
+  model = classifier_lib.build_classifier(
+      config.model, num_classes, ft_proj_selector=config.ft_proj_selector,
+      zero_init=config.get('zero_init', True))
+  return Classifier(config=config, model=model, step=int(step),
+                    variables={'params': params, 'batch_stats': batch_stats})

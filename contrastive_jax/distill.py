@@ -1,0 +1,244 @@
+r"""Distillation (SimCLR v2 step 3): a fine-tuned teacher labels unlabeled images.
+
+  python -m contrastive_jax.distill --config=configs/distill.py --workdir=/tmp/distill \
+      --config.teacher=/tmp/ft
+
+The teacher (a finetune or distill workdir, loaded with export.load_classifier)
+is applied in inference mode to the same crop + flip view as the student, and
+the student minimises tau^2 x CE(softmax(teacher / tau), softmax(student / tau))
+over the unlabeled training images (train minus the val carve; labels unused).
+With `alpha > 0` the loss is (1 - alpha) x distillation + alpha x the labelled
+cross entropy of the batch rows that belong to the teacher's label subset
+(TEACHER/label_subset.json).
+
+The student is `config.model` when `model_from=''`; by default
+(`model_from='teacher'`) it has the architecture of `init_from` when set, else
+the teacher's (self-distillation). It starts from scratch or from the
+pretraining run in `init_from` (encoder + projection layers below
+`ft_proj_selector`, as in fine-tuning). Checkpoints, resume, metrics and
+SIGTERM work as in pretraining; at the end val/test top-1 and the test
+agreement with the teacher go to WORKDIR/distill_results.json, and the student
+loads back with `export.load_classifier(WORKDIR)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from contrastive_jax import xla_cpu
+from contrastive_jax import (checkpoint, config_defaults, export, finetune, losses, loop,
+                             metrics_io, parallel, train)
+from contrastive_jax.data import pipeline
+
+RESULTS_FILE = 'distill_results.json'
+TEACHER = 'teacher'  # model_from value: the student copies an architecture (see above)
+
+
+def distill_defaults() -> ml_collections.ConfigDict:
+  """finetune_defaults() plus the distillation keys (declared here, once).
+
+  label_fraction / labels_per_class / label_seed are not used: the labelled
+  rows for `alpha` are the teacher's label subset.
+  """
+  config = config_defaults.finetune_defaults()
+  config.teacher = ''              # finetune (or distill) workdir of the teacher
+  config.teacher_step = -1         # its checkpoint step; -1 = the latest
+  config.temperature = 1.0         # tau: 1.0 big-to-small, 0.1 self-distillation (v2)
+  config.alpha = 0.0               # weight of the labelled cross entropy (0 = pure distillation)
+  config.model_from = TEACHER      # 'teacher': init_from's architecture, else the teacher's
+  config.num_epochs = 30           # epochs over the unlabeled training images
+  config.zero_init = False         # a student from scratch needs a live classifier
+  return config
+
+
+def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """finetune.resolve_config after replacing model_from='teacher'."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  if not config.teacher:
+    raise ValueError('config.teacher is empty: pass --config.teacher=FINETUNE_WORKDIR.')
+  if config.model_from == TEACHER:
+    config.model_from = config.init_from or config.teacher
+  return finetune.resolve_config(config)
+
+
+def _with_labelled_mask(batches: Iterator[dict], label_ids: np.ndarray) -> Iterator[dict]:
+  """Adds 'labelled' (bool): the row is in the teacher's label subset."""
+  for batch in batches:
+    yield dict(batch, labelled=np.isin(batch['index'], label_ids))
+
+
+def make_objective(teacher: export.Classifier, teacher_size: int, student_size: int,
+                   temperature: float, alpha: float) -> finetune.Objective:
+  """(student logits, batch, view, teacher variables) -> (loss, metrics).
+
+  The teacher sees the student's view, resized to its own input side when
+  the two networks were trained at different sizes.
+  """
+
+  def objective(logits, batch, x, teacher_variables):
+    xt = x
+    if teacher_size != student_size:
+      xt = jnp.clip(jax.image.resize(x, x.shape[:1] + (teacher_size, teacher_size) + x.shape[3:],
+                                     'bicubic'), 0.0, 1.0)
+    teacher_logits = jax.lax.stop_gradient(
+        teacher.model.apply(teacher_variables, xt, train=False))
+    distill = losses.distillation_loss(logits, teacher_logits, temperature=temperature)
+    agreement = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(teacher_logits, -1))
+    loss = (1.0 - alpha) * distill
+    metrics = {'distill_loss': distill, 'teacher_agreement': agreement}
+    if alpha > 0:
+      labelled_loss, labelled_acc = losses.softmax_cross_entropy(
+          logits, batch['label'].astype(jnp.int32), mask=batch['labelled'])
+      loss = loss + alpha * labelled_loss
+      metrics.update(labelled_loss=labelled_loss, labelled_acc=labelled_acc,
+                     labelled_rows=jnp.sum(batch['labelled']))
+    metrics['loss'] = loss
+    return loss, metrics
+
+  return objective
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Distils the teacher into a student in `workdir` (or resumes); returns metrics."""
+  # --- Set-up: resolve the student's architecture, validate -------------------
+  config = resolve_config(config)
+  finetune.validate(config)
+  if not 0.0 <= config.alpha <= 1.0:
+    raise ValueError(f'config.alpha={config.alpha} must be in [0, 1].')
+  if config.temperature <= 0:
+    raise ValueError(f'config.temperature={config.temperature} must be positive.')
+  parallel.maybe_initialize_distributed(config.multihost)
+  mesh = parallel.make_mesh()
+  parallel.local_batch_size(config.batch_size, mesh)
+  writer = metrics_io.MetricsWriter(workdir)
+  writer.write_config(config)
+
+  # --- Teacher --------------------------------------------------------------------
+  teacher = export.load_classifier(config.teacher,
+                                   None if config.teacher_step < 0 else config.teacher_step)
+  teacher_variables = parallel.replicate(jax.device_get(teacher.variables), mesh)
+  label_ids = np.zeros((0,), np.int64)
+  if config.alpha > 0:
+    path = os.path.join(config.teacher, finetune.LABEL_SUBSET_FILE)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'config.alpha={config.alpha} needs the teacher\'s labelled '
+                              f'subset, but {path} does not exist.')
+    with open(path, encoding='utf-8') as f:
+      label_ids = np.asarray(json.load(f), np.int64)
+
+  # --- Input: the unlabeled training images ----------------------------------
+  ckpt = checkpoint.Checkpointer(f'{workdir}/checkpoints', max_to_keep=config.keep_checkpoints,
+                                 save_interval_steps=config.checkpoint_every_steps)
+  start_step = ckpt.latest_step() or 0
+  train_split = pipeline.load_split(config.data, 'train')
+  num_classes = teacher.num_classes
+  data = pipeline.BatchIterator(train_split, global_batch_size=config.batch_size,
+                                seed=config.seed, start_step=start_step,
+                                drop_remainder=False, prefetch=config.data.prefetch)
+  out_size = config.data.image_size or train_split.image_shape[0]
+  image_shape = (out_size, out_size, train_split.image_shape[2])
+  steps_per_epoch, total_steps, warmup_steps = finetune.schedule_lengths(
+      config, train_split.num_examples)
+
+  # --- Student and optimizer ----------------------------------------------------
+  model = finetune.build_model(config, num_classes)
+  tx, schedule = finetune.build_optimizer(config, total_steps=total_steps,
+                                          warmup_steps=warmup_steps)
+  if start_step:
+    state = train.init_state(model, tx, seed=config.seed, image_shape=image_shape, mesh=mesh)
+    state, extra = ckpt.restore(start_step, target=checkpoint.to_abstract(state))
+    data.restore(extra['data'])
+    writer.truncate(start_step)
+    logging.info('Resumed from step %d.', start_step)
+  else:
+    state, _ = finetune.create_state(config, model, tx, mesh, image_shape)
+
+  # --- Loop ---------------------------------------------------------------------
+  teacher_size = int(teacher.config.data.image_size) or train_split.image_shape[0]
+  objective = make_objective(teacher, teacher_size, out_size, config.temperature, config.alpha)
+  step_fn = finetune.make_train_step(model, tx, schedule, config, mesh, out_size, objective)
+  logging.info('Distilling %s into a student on %d unlabeled images for %d steps '
+               '(%.1f per epoch), tau %.2f, alpha %.2f.', config.teacher,
+               train_split.num_examples, total_steps, steps_per_epoch, config.temperature,
+               config.alpha)
+  progress = metrics_io.Progress(total_steps, config.batch_size,
+                                 log_every=config.log_every_steps, start_step=start_step)
+  flusher = loop.MetricsFlusher(writer, progress, config.batch_size, start_step,
+                                ('loss', 'teacher_agreement'))
+  preempted = loop.PreemptionFlag()
+  preempted.install()
+  started = time.monotonic()
+  try:
+    state, step = loop.run_steps(
+        state, step_fn, _with_labelled_mask(data, label_ids), mesh=mesh,
+        start_step=start_step, total_steps=total_steps, log_every=config.log_every_steps,
+        checkpoint_every=config.checkpoint_every_steps, ckpt=ckpt, flusher=flusher,
+        step_args=(teacher_variables,),
+        extra_fn=lambda: {'data': data.state(), 'total_steps': total_steps},
+        should_stop=preempted.should_stop, stop_at_step=config.stop_at_step)
+  finally:
+    preempted.uninstall()
+    ckpt.close()
+    data.close()
+  train_seconds = time.monotonic() - started
+
+  # --- Eval: student top-1, teacher top-1 and agreement ----------------------------
+  results: dict[str, Any] = {'step': step, 'total_steps': total_steps,
+                             'teacher': config.teacher, 'train_seconds': train_seconds,
+                             **flusher.last}
+  if step < total_steps:
+    logging.warning('Stopped at step %d of %d (SIGTERM or stop_at_step); rerun to resume.',
+                    step, total_steps)
+    writer.close()
+    return results
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  results.update(finetune.evaluate(finetune.make_logits_fn(model, variables, mesh, out_size),
+                                   config, workdir, mesh))
+  teacher_logits = finetune.make_logits_fn(teacher.model, teacher_variables, mesh,
+                                           teacher_size)
+  student_logits = finetune.make_logits_fn(model, variables, mesh, out_size)
+  both = jax.jit(lambda images: jnp.stack(
+      [jnp.argmax(student_logits(images), -1), jnp.argmax(teacher_logits(images), -1),
+       ], -1).astype(jnp.float32))
+  pred = loop.predict_split(both, config.data, 'test', config.batch_size, mesh,
+                            keep_logits=True)
+  results['test_teacher_agreement'] = float(np.mean(pred['logits'][:, 0] == pred['logits'][:, 1]))
+  results['teacher_test_top1'] = float(np.mean(pred['logits'][:, 1] == pred['label']))
+  writer.write_scalars(step, {k: v for k, v in results.items()
+                              if k.endswith('_top1') or k.endswith('_agreement')})
+  writer.write_json(RESULTS_FILE, results)
+  if jax.process_index() == 0:
+    print(f'student top-1: test {results["test_top1"]:.4f} (teacher '
+          f'{results["teacher_test_top1"]:.4f}), agreement with the teacher '
+          f'{results["test_teacher_agreement"]:.4f}', flush=True)
+  writer.close()
+  return results
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  xla_cpu.apply_defaults()  # before the first computation starts the CPU backend
+  train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  # Flags are defined only when this file is the program, so that the binaries
+  # can import each other (absl refuses a flag defined by two modules).
+  config_flags.DEFINE_config_file('config', None, 'Path to a config file (get_config()).',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and results go.')
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main)

@@ -1,0 +1,195 @@
+"""A linear classifier on a (pretrained) encoder, for fine-tuning and distillation.
+
+  model = build_classifier(config.model, num_classes, ft_proj_selector=1,
+                           fine_tune_after_block=-1)
+  logits = model.apply(variables, x, train=True, mutable=['batch_stats'])
+
+Parameter layout mirrors `ContrastiveModel`, so a pretraining checkpoint's
+subtrees drop in unchanged:
+  'encoder'     the ResNet
+  'head'        the first k layers of the projection head (SimCLR v2 fine-tunes
+                from the first one: `ft_proj_selector`), absent when k = 0
+  'classifier'  LinearHead(num_classes)
+
+Freezing (`fine_tune_after_block`, as in TF SimCLR): -1 trains everything; 0
+freezes the stem; k freezes the stem and stages 1..k; 4 freezes everything
+but the classifier (linear evaluation). A frozen module runs its BatchNorm in
+inference mode (running statistics, which are then never updated) and its
+output is wrapped in stop_gradient, so no gradient is computed for it. Its
+parameters must also get no update from the optimizer: `is_frozen(path, k)`
+gives the labels for `optax.multi_transform` (see contrastive_jax.finetune).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from contrastive_jax.models import build_encoder, encoder_width
+from contrastive_jax.models.heads import LinearHead, dense_kernel_init
+
+FREEZE_ALL = 4  # fine_tune_after_block value that trains only the classifier
+_STAGE = re.compile(r'stage(\d+)_')
+
+
+def _block_level(name: str) -> Optional[int]:
+  """0 for the encoder's stem modules, k for stage k's blocks, None otherwise."""
+  if name.startswith('stem'):
+    return 0
+  match = _STAGE.match(name)
+  return int(match.group(1)) if match else None
+
+
+def is_frozen(names: Sequence[str], fine_tune_after_block: int) -> bool:
+  """Whether the module / parameter at path `names` (from the Classifier's root,
+  e.g. ('encoder', 'stage2_block1', 'conv1', 'kernel')) is frozen."""
+  if fine_tune_after_block < 0 or not names:
+    return False
+  top = names[0]
+  if fine_tune_after_block >= FREEZE_ALL:
+    return top in ('encoder', 'head')
+  if top != 'encoder' or len(names) < 2:
+    return False
+  level = _block_level(names[1])
+  return level is not None and level <= fine_tune_after_block
+
+
+def param_path_names(path: Sequence[Any]) -> tuple[str, ...]:
+  """A jax tree path (DictKey / GetAttrKey entries) as plain names."""
+  return tuple(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path)
+
+
+def frozen_labels(params: Any, fine_tune_after_block: int) -> Any:
+  """'frozen' / 'trained' per parameter leaf, for optax.multi_transform."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: 'frozen' if is_frozen(param_path_names(path), fine_tune_after_block)
+      else 'trained', params)
+
+
+def _freeze_interceptor(root: tuple[str, ...], fine_tune_after_block: int,
+                        next_fun, args, kwargs, context):
+  """Runs frozen modules in inference mode and cuts the gradient at their output."""
+  if context.method_name != '__call__':
+    return next_fun(*args, **kwargs)
+  path = tuple(context.module.path)
+  if path[:len(root)] != root or not is_frozen(path[len(root):], fine_tune_after_block):
+    return next_fun(*args, **kwargs)
+  if isinstance(context.module, nn.BatchNorm):
+    if context.module.use_running_average is not None:
+      raise ValueError(
+          f'BatchNorm at {"/".join(path)} sets use_running_average as an attribute; '
+          'freezing (config.fine_tune_after_block) needs it passed at call time.')
+    args, kwargs = args[:1], dict(kwargs, use_running_average=True)
+  out = next_fun(*args, **kwargs)
+  return jax.tree.map(jax.lax.stop_gradient, out)
+
+
+class ProjectionLayers(nn.Module):
+  """The first `keep` layers of `heads.ProjectionHead(num_layers)`, with the same
+  parameter names (dense{j}, bn{j}) and the same per-layer choices, so the
+  pretrained head's layers restore as they are. Returns the k-th layer's output.
+  """
+  num_layers: int
+  keep: int
+  out_dim: int = 128
+  hidden_dim: int = 0
+  dtype: Any = jnp.float32
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, h: jax.Array, train: bool) -> jax.Array:
+    x = h
+    for j in range(self.keep):
+      last = j == self.num_layers - 1
+      units = self.out_dim if last else (self.hidden_dim or h.shape[-1])
+      x = nn.Dense(units, use_bias=False, kernel_init=dense_kernel_init,
+                   dtype=self.dtype, param_dtype=jnp.float32, name=f'dense{j + 1}')(x)
+      # use_running_average at call time: the freezing interceptor overrides it.
+      x = nn.BatchNorm(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                       use_bias=not last, dtype=self.dtype, param_dtype=jnp.float32,
+                       name=f'bn{j + 1}')(x, use_running_average=not train)
+      if not last:
+        x = nn.relu(x)
+    return x
+
+
+class Classifier(nn.Module):
+  """encoder -> [projection layers] -> LinearHead; `__call__(x, train)` -> logits
+  [N, num_classes] float32. See the module docstring for freezing."""
+  encoder: nn.Module
+  head: Optional[nn.Module]
+  num_classes: int
+  zero_init: bool = True
+  fine_tune_after_block: int = -1
+
+  def features(self, x: jax.Array, train: bool) -> jax.Array:
+    """The classifier's input: h, or the selected projection layer's output."""
+    if train and self.fine_tune_after_block >= 0:
+      interceptor = functools.partial(_freeze_interceptor, tuple(self.path),
+                                      self.fine_tune_after_block)
+      with nn.intercept_methods(interceptor):
+        return self._features(x, train)
+    return self._features(x, train)
+
+  def _features(self, x: jax.Array, train: bool) -> jax.Array:
+    h = self.encoder(x, train=train)
+    if self.head is not None:
+      h = self.head(h, train=train)
+    return h.astype(jnp.float32)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    return LinearHead(self.num_classes, zero_init=self.zero_init,
+                      name='classifier')(self.features(x, train))
+
+
+def kept_projection_layers(model_cfg: ml_collections.ConfigDict, ft_proj_selector: int) -> int:
+  """How many projection layers sit below the classifier (-1 = all of them)."""
+  num_layers = int(model_cfg.num_proj_layers)
+  keep = num_layers if ft_proj_selector < 0 else int(ft_proj_selector)
+  if keep > num_layers:
+    raise ValueError(f'config.ft_proj_selector={ft_proj_selector} exceeds the '
+                     f'{num_layers} projection layers of config.model.num_proj_layers; '
+                     'use 0 (from h), 1..num_proj_layers, or -1 (the last).')
+  return keep
+
+
+def feature_width(model_cfg: ml_collections.ConfigDict, ft_proj_selector: int) -> int:
+  """Width of the classifier's input for this model config and selector."""
+  keep = kept_projection_layers(model_cfg, ft_proj_selector)
+  width = encoder_width(model_cfg)
+  if keep == 0:
+    return width
+  if keep == model_cfg.num_proj_layers:
+    return int(model_cfg.proj_dim)
+  return int(model_cfg.proj_hidden_dim) or width
+
+
+def build_classifier(model_cfg: ml_collections.ConfigDict, num_classes: int, *,
+                     ft_proj_selector: int = 0, zero_init: bool = True,
+                     fine_tune_after_block: int = -1,
+                     conv_cls: Any = nn.Conv) -> Classifier:
+  """The Classifier for config.model (encoder + kept projection layers + head)."""
+  if num_classes <= 0:
+    raise ValueError(f'A classifier needs labelled data; got num_classes={num_classes}.')
+  if not -1 <= fine_tune_after_block <= FREEZE_ALL:
+    raise ValueError(f'config.fine_tune_after_block={fine_tune_after_block}; choose -1 '
+                     '(train all), 0 (freeze the stem), 1..3 (stem + stages) or 4 '
+                     '(only the classifier).')
+  keep = kept_projection_layers(model_cfg, ft_proj_selector)
+  head = None
+  if keep:
+    head = ProjectionLayers(
+        num_layers=int(model_cfg.num_proj_layers), keep=keep, out_dim=model_cfg.proj_dim,
+        hidden_dim=model_cfg.proj_hidden_dim, dtype=jnp.dtype(model_cfg.dtype),
+        bn_momentum=model_cfg.bn_momentum, bn_epsilon=model_cfg.bn_epsilon)
+  return Classifier(encoder=build_encoder(model_cfg, conv_cls), head=head,
+                    num_classes=num_classes, zero_init=zero_init,
+                    fine_tune_after_block=fine_tune_after_block)
