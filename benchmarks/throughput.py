@@ -60,7 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from contrastive_jax import augment, config_defaults, optim, parallel, train
+from contrastive_jax import augment, config_defaults, optim, parallel, train, xla_cpu
 from contrastive_jax.models import build_model
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -569,6 +569,10 @@ def format_table(r: dict[str, Any]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parse_args(argv)
+  # The binaries' XLA:CPU defaults (Eigen convolutions), unless --conv xla asks
+  # for stock XLA; must precede the first computation.
+  if args.conv != 'xla':
+    xla_cpu.apply_defaults()
   result = run(args)
   print(format_table(result), flush=True)
   if args.out:

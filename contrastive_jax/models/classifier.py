@@ -175,7 +175,7 @@ def feature_width(model_cfg: ml_collections.ConfigDict, ft_proj_selector: int) -
 def build_classifier(model_cfg: ml_collections.ConfigDict, num_classes: int, *,
                      ft_proj_selector: int = 0, zero_init: bool = True,
                      fine_tune_after_block: int = -1,
-                     conv_cls: Any = nn.Conv) -> Classifier:
+                     conv_cls: Any = None) -> Classifier:
   """The Classifier for config.model (encoder + kept projection layers + head)."""
   if num_classes <= 0:
     raise ValueError(f'A classifier needs labelled data; got num_classes={num_classes}.')
