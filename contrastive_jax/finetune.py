@@ -38,8 +38,9 @@ from contrastive_jax.models import classifier as classifier_lib
 LABEL_SUBSET_FILE = 'label_subset.json'
 RESULTS_FILE = 'finetune_results.json'
 # config.model keys that define the architecture (and so must match a checkpoint).
+# dtype, conv (the convolution implementation) and BN settings are the run's own.
 ARCH_KEYS = ('depth', 'stage_sizes', 'block', 'base_width', 'width_multiplier', 'stem',
-             'sk_ratio', 'num_proj_layers', 'proj_dim', 'proj_hidden_dim')
+             'stem_stride', 'sk_ratio', 'num_proj_layers', 'proj_dim', 'proj_hidden_dim')
 
 Batch = dict[str, jax.Array]
 # (logits, batch, augmented images, aux) -> (loss, metrics): what a step minimises.
@@ -52,7 +53,9 @@ Objective = Callable[[jax.Array, Batch, jax.Array, Any], tuple[jax.Array, dict]]
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """An unlocked copy of `config` whose config.model architecture is that of
   `model_from` (or `init_from`) when set, so a pretrain workdir alone says
-  which network to build. dtype and BN settings stay the fine-tune config's."""
+  which network to build (ARCH_KEYS; keys missing from an older run's
+  config.json keep their defaults). dtype, conv and BN settings stay the
+  fine-tune config's."""
   config = ml_collections.ConfigDict(config.to_dict())
   source = config.model_from or config.init_from
   if source:
