@@ -32,12 +32,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import logging
 from jax.experimental import multihost_utils
-from ml_collections import config_flags
 
-from contrastive_jax import (checkpoint, config_defaults, export, metrics_io, parallel, plots,
-                             probes, train, xla_cpu)
+from contrastive_jax import (checkpoint, config_defaults, export, loop, metrics_io, parallel,
+                             plots, probes, train)
 from contrastive_jax.data import pipeline, sources
 from contrastive_jax.data.sources import ArraySource
 from contrastive_jax.models import build_encoder, build_model
@@ -504,20 +503,5 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return dict(results, evaluated_steps=evaluated)
 
 
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-  del argv
-  xla_cpu.apply_defaults()  # before the first computation starts the CPU backend
-  evaluate(FLAGS.config, FLAGS.workdir)
-
-
 if __name__ == '__main__':
-  # Flags are defined only when this file is the program, so that the binaries
-  # can import each other (absl refuses a flag defined by two modules).
-  config_flags.DEFINE_config_file('config', None, 'Path to an eval config (configs/eval.py).',
-                                  lock_config=True)
-  flags.DEFINE_string('workdir', None, 'Where results go (WORKDIR/eval/); may be init_from.')
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  loop.run_binary(evaluate)

@@ -149,3 +149,26 @@ def predict_split(logits_fn: Callable[[jax.Array], jax.Array],
 def top1(prediction: Mapping[str, np.ndarray]) -> float:
   return float(np.mean(prediction['pred'] == prediction['label'])) if len(
       prediction['label']) else 0.0
+
+
+def run_binary(entry: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
+  """The `__main__` of every binary: --config / --workdir flags, then entry(config, workdir).
+
+  Flags are defined here, only when a module is the program, so the binaries
+  can import each other (absl refuses a flag defined by two modules). The
+  XLA:CPU defaults are applied before the first computation starts the backend.
+  """
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from contrastive_jax import xla_cpu  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file('config', None, 'Path to a config file (get_config()).',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Output directory: checkpoints, metrics, results.')
+  flags.mark_flags_as_required(['config', 'workdir'])
+
+  def main(argv):
+    del argv
+    xla_cpu.apply_defaults()
+    entry(flags.FLAGS.config, flags.FLAGS.workdir)
+
+  app.run(main)

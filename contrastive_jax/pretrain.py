@@ -14,12 +14,11 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import logging
 from jax.experimental import multihost_utils
-from ml_collections import config_flags
 
 from contrastive_jax import (checkpoint, config_defaults, loop, metrics_io, optim, parallel,
-                             train, xla_cpu)
+                             train)
 from contrastive_jax.data import pipeline
 from contrastive_jax.models import build_model
 
@@ -134,20 +133,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return results
 
 
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-  del argv
-  xla_cpu.apply_defaults()  # before the first computation starts the CPU backend
-  train_and_evaluate(FLAGS.config, FLAGS.workdir)
-
-
 if __name__ == '__main__':
-  # Flags are defined only when this file is the program, so that the binaries
-  # can import each other (absl refuses a flag defined by two modules).
-  config_flags.DEFINE_config_file('config', None, 'Path to a config file (get_config()).',
-                                  lock_config=True)
-  flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and summaries go.')
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  loop.run_binary(train_and_evaluate)
