@@ -6,24 +6,13 @@
 # There (repo root, `.whl` carried):      bash benchmarks/gpu.sh [extra throughput.py flags]
 #
 # The GPU image has jax (CUDA), flax, optax, orbax, chex, absl-py and PyYAML,
-# but not dm-pix or ml-collections: those come from .whl/ and are installed
-# with --no-index into /tmp/site. TensorFlow is neither there nor needed.
+# but not dm-pix or ml-collections: benchmarks/gpu_env.sh installs them from
+# .whl/ with --no-index into /tmp/site. TensorFlow is neither there nor needed.
 # Results: the table on stdout, and one JSON line in $OUT (device tool) or /tmp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3}"
 RESULTS="${OUT:-/tmp}/throughput_gpu.jsonl"
-SITE="${SITE:-/tmp/site}"
-
-if ! ls .whl/*.whl >/dev/null 2>&1; then
-  echo "gpu.sh: no wheels in .whl/; run benchmarks/fetch_gpu_wheels.sh where pip can" \
-       "download, and carry .whl" >&2
-  exit 1
-fi
-"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target "$SITE" .whl/*.whl
-export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+source benchmarks/gpu_env.sh
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
 "$PY" - <<'PYEOF'

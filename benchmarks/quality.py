@@ -2,6 +2,8 @@ r"""Representation quality per CPU minute: pretrain for a wall-clock budget, the
 
   python benchmarks/quality.py --budget-minutes 20            # one budget
   python benchmarks/quality.py --budgets 5,20 --out /tmp/q    # several, plus the plot
+  python benchmarks/quality.py --steps 3200 --skip-baselines --set temperature=0.5
+                                                              # a recipe at a fixed step count
   python benchmarks/quality.py --quick                        # CI: embedded data, seconds
 
 For each budget B: a short calibration run measures the steady-state steps/s
@@ -114,6 +116,10 @@ def main() -> None:
   parser.add_argument('--budget-minutes', type=float, default=20.0)
   parser.add_argument('--budgets', default='', help='comma-separated minutes; overrides '
                       '--budget-minutes')
+  parser.add_argument('--steps', type=int, default=0,
+                      help='pretrain exactly this many steps instead of a wall-clock budget '
+                      '(recipe comparisons on another machine at the step count a budget '
+                      'buys here)')
   parser.add_argument('--out', default='/tmp/cj_quality')
   parser.add_argument('--quick', action='store_true', help='CI: embedded data, tiny net')
   parser.add_argument('--skip-baselines', action='store_true')
@@ -133,11 +139,16 @@ def main() -> None:
   os.makedirs(args.out, exist_ok=True)
 
   rows = []
+  if args.steps:
+    budgets = [None]
   for minutes in budgets:
-    tag = f'{minutes:g}min'
-    rate = steps_per_second(config, os.path.join(args.out, f'calib_{tag}'), overrides,
-                            steps=8 if args.quick else 40)
-    total = max(int(minutes * 60 * rate), 2)
+    if minutes is None:
+      tag, total = f'{args.steps}steps', args.steps
+    else:
+      tag = f'{minutes:g}min'
+      rate = steps_per_second(config, os.path.join(args.out, f'calib_{tag}'), overrides,
+                              steps=8 if args.quick else 40)
+      total = max(int(minutes * 60 * rate), 2)
     workdir = os.path.join(args.out, f'simclr_{tag}')
     wall = _pretrain(config, workdir, overrides + [f'--config.total_steps={total}'])
     result = _evaluate(workdir, eval_arg)
@@ -160,11 +171,12 @@ def main() -> None:
   with open(os.path.join(args.out, 'quality.md'), 'w') as f:
     f.write(table)
   print(table)
-  _plots(rows, [os.path.join(args.out, f'simclr_{b:g}min') for b in budgets], args.out)
+  _plots(rows, [os.path.join(args.out, f'simclr_{b:g}min' if b else f'simclr_{args.steps}steps')
+                for b in budgets], args.out)
 
 
 def _pick(result: dict) -> dict:
-  keys = ('linear_top1', 'knn_k20_top1', 'knn_k200_top1', 'step')
+  keys = ('linear_top1', 'linear_val_top1', 'knn_k20_top1', 'knn_k200_top1', 'step')
   return {k: result[k] for k in keys if k in result}
 
 
@@ -175,13 +187,14 @@ def _versions() -> dict:
 
 
 def _table(rows: list[dict]) -> str:
-  lines = ['| run | steps | pretrain wall | linear probe | kNN-20 | kNN-200 |',
-           '|---|---|---|---|---|---|']
+  lines = ['| run | steps | pretrain wall | linear probe | (its val) | kNN-20 | kNN-200 |',
+           '|---|---|---|---|---|---|---|']
   fmt = lambda v: f'{100 * v:.1f}%' if isinstance(v, float) else '-'
   for r in rows:
     wall = f"{r['pretrain_wall_s'] / 60:.1f} min" if 'pretrain_wall_s' in r else '-'
     lines.append(f"| {r['name']} | {r.get('steps', '-')} | {wall} | "
-                 f"{fmt(r.get('linear_top1'))} | {fmt(r.get('knn_k20_top1'))} | "
+                 f"{fmt(r.get('linear_top1'))} | {fmt(r.get('linear_val_top1'))} | "
+                 f"{fmt(r.get('knn_k20_top1'))} | "
                  f"{fmt(r.get('knn_k200_top1'))} |")
   return '\n'.join(lines) + '\n'
 

@@ -29,9 +29,11 @@ and compilation.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -40,21 +42,41 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARMS = ('pretrained', 'scratch')
 
 
-def _run(args: list[str], log_path: str) -> float:
-  """Runs `python -m args...` in the repo; returns its wall time in seconds."""
-  env = dict(os.environ, PYTHONUNBUFFERED='1', TF_CPP_MIN_LOG_LEVEL='2')
+def _run(args: list[str], log_path: str, timeout_s: float = 0.0) -> float:
+  """Runs `python -m args...` in the repo; returns its wall time in seconds.
+
+  With timeout_s, the run gets SIGTERM after that long: the binaries then write a
+  checkpoint and exit 0, so what was trained so far is kept and used.
+  """
+  # Several runs may share one accelerator (--jobs): none may grab most of its
+  # memory up front, as JAX does by default.
+  env = dict(os.environ, PYTHONUNBUFFERED='1', TF_CPP_MIN_LOG_LEVEL='2',
+             XLA_PYTHON_CLIENT_PREALLOCATE='false')
   started = time.monotonic()
   with open(log_path, 'w') as log:
-    proc = subprocess.run([sys.executable, '-m', *args], cwd=REPO, env=env, stdout=log,
-                          stderr=subprocess.STDOUT)
-  if proc.returncode:
-    raise RuntimeError(f'{" ".join(args[:3])} failed (exit {proc.returncode}); see {log_path}')
+    proc = subprocess.Popen([sys.executable, '-m', *args], cwd=REPO, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+      returncode = proc.wait(timeout=timeout_s or None)
+    except subprocess.TimeoutExpired:
+      proc.send_signal(signal.SIGTERM)
+      returncode = proc.wait()
+  if returncode:
+    raise RuntimeError(f'{" ".join(args[:3])} failed (exit {returncode}); see {log_path}')
   return time.monotonic() - started
 
 
 def _read_json(path: str):
   with open(path, encoding='utf-8') as f:
     return json.load(f)
+
+
+def _metrics(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding='utf-8') as f:
+    return [json.loads(line) for line in f if line.strip()]
 
 
 def pretrain(args) -> dict:
@@ -68,7 +90,8 @@ def pretrain(args) -> dict:
       chunks = [0]
     else:
       config = f'{REPO}/configs/fashion_mnist.py'
-      overrides = [f'--config.total_steps={args.pretrain_steps}']
+      overrides = [f'--config.total_steps={args.pretrain_steps}',
+                   *[f'--config.{kv}' for kv in args.pretrain_set]]
       chunk = args.chunk_steps or args.pretrain_steps
       chunks = list(range(chunk, args.pretrain_steps, chunk)) + [0]
     info = {'workdir': workdir, 'commands': [], 'chunk_seconds': []}
@@ -76,13 +99,17 @@ def pretrain(args) -> dict:
       command = ['contrastive_jax.pretrain', f'--config={config}', f'--workdir={workdir}',
                  *overrides] + ([f'--config.stop_at_step={stop}'] if stop else [])
       info['commands'].append('python -m ' + ' '.join(command))
-      info['chunk_seconds'].append(_run(command, f'{workdir}_{stop or "end"}.log'))
+      info['chunk_seconds'].append(_run(command, f'{workdir}_{stop or "end"}.log',
+                                        args.pretrain_timeout_s))
       print(f'pretraining chunk to step {stop or "end"}: {info["chunk_seconds"][-1]:.0f} s',
             flush=True)
     info['wall_seconds'] = sum(info['chunk_seconds'])
   cfg = _read_json(os.path.join(info['workdir'], 'config.json'))
+  steps_done = [r['step'] for r in _metrics(info['workdir']) if 'loss' in r]
   info.update(total_steps=cfg.get('total_steps'), batch_size=cfg.get('batch_size'),
+              last_logged_step=max(steps_done, default=0),
               val_examples=cfg['data']['val_examples'], data_source=cfg['data']['source'],
+              idx_dir=cfg['data'].get('idx_dir', ''),
               image_size=cfg['data'].get('image_size', 0),
               crop_area_min=cfg['augment']['crop_area_min'])
   results = os.path.join(info['workdir'], 'pretrain_results.json')
@@ -102,6 +129,8 @@ def finetune(args, pre: dict, fraction: float, arm: str, lr: float, block: int) 
                f'--config.data.val_examples={pre["val_examples"]}',
                f'--config.data.image_size={pre["image_size"]}',
                f'--config.augment.crop_area_min={pre["crop_area_min"]}']
+  if pre['data_source'] == 'idx':
+    overrides.append(f'--config.data.idx_dir={pre["idx_dir"]}')
   if args.epochs:
     overrides.append(f'--config.num_epochs={args.epochs}')
   if args.quick:
@@ -119,6 +148,10 @@ def finetune(args, pre: dict, fraction: float, arm: str, lr: float, block: int) 
           'val_top1': results.get('val_top1'), 'test_top1': results['test_top1'],
           'steps': results['step'], 'label_examples': results['label_examples'],
           'subset': _read_json(os.path.join(workdir, 'label_subset.json'))}
+
+
+def _pct(x) -> str:
+  return '-' if x is None else f'{x:.2%}'
 
 
 def best_runs(runs: list[dict], fraction: float) -> dict[str, dict]:
@@ -148,7 +181,7 @@ def grid_table(runs: list[dict]) -> str:
            '|---|---|---|---|---|---|---|']
   for r in runs:
     lines.append(f'| {r["fraction"]:.0%} | {r["arm"]} | {r["lr"]:g} | {r["block"]} | '
-                 f'{r["val_top1"]:.2%} | {r["test_top1"]:.2%} | {r["wall_seconds"]:.0f} s |')
+                 f'{_pct(r["val_top1"])} | {_pct(r["test_top1"])} | {r["wall_seconds"]:.0f} s |')
   return '\n'.join(lines)
 
 
@@ -159,6 +192,13 @@ def main() -> None:
   parser.add_argument('--pretrain-steps', type=int, default=1600)
   parser.add_argument('--chunk-steps', type=int, default=800,
                       help='pretrain in processes of this many steps (0 = one process)')
+  parser.add_argument('--pretrain-set', action='append', default=[], metavar='KEY=VALUE',
+                      help='pretraining config override, e.g. --pretrain-set batch_size=512')
+  parser.add_argument('--pretrain-timeout-s', type=float, default=0.0,
+                      help='SIGTERM each pretraining process after this long: it '
+                      'checkpoints, and fine-tuning starts from there (0 = no limit)')
+  parser.add_argument('--jobs', type=int, default=1,
+                      help='fine-tuning runs at a time (an accelerator or many cores)')
   parser.add_argument('--fractions', default='0.01,0.1')
   parser.add_argument('--lrs', default='0.05,0.2,0.8', help='base LRs (x B/256), per arm')
   parser.add_argument('--blocks', default='-1,1',
@@ -177,16 +217,18 @@ def main() -> None:
   blocks = [int(x) for x in args.blocks.split(',')]
 
   pre = pretrain(args)
-  runs = []
+  grid = [(fraction, arm, lr, block) for fraction in fractions for block in blocks
+          for lr in lrs for arm in ARMS]
+
+  def one(point):
+    run = finetune(args, pre, *point)
+    print(f'{run["fraction"]:.0%} {run["arm"]:10s} lr {run["lr"]:g} block {run["block"]:2d}: '
+          f'val {_pct(run["val_top1"])} test {_pct(run["test_top1"])} ({run["steps"]} steps, '
+          f'{run["wall_seconds"]:.0f} s)', flush=True)
+    return run
+  with concurrent.futures.ThreadPoolExecutor(max(args.jobs, 1)) as pool:
+    runs = list(pool.map(one, grid))
   for fraction in fractions:
-    for block in blocks:
-      for lr in lrs:
-        for arm in ARMS:
-          run = finetune(args, pre, fraction, arm, lr, block)
-          print(f'{fraction:.0%} {arm:10s} lr {lr:g} block {block:2d}: val '
-                f'{run["val_top1"]:.4f} test {run["test_top1"]:.4f} ({run["steps"]} steps, '
-                f'{run["wall_seconds"]:.0f} s)', flush=True)
-          runs.append(run)
     if len({json.dumps(r['subset']) for r in runs if r['fraction'] == fraction}) != 1:
       raise RuntimeError(f'The runs at {fraction:.0%} trained on different label subsets.')
   for r in runs:

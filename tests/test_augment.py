@@ -180,6 +180,34 @@ def test_unknown_brightness_mode_names_the_key():
                          brightness_mode='gamma')
 
 
+@pytest.mark.parametrize('channels', [3, 1])
+def test_jitter_applies_the_drawn_order_once_each(channels):
+  """The vmapped jitter (hue once, cheap ops masked around it) equals a plain
+  per-image loop over the drawn permutation with dm-pix ops, clipping after each."""
+  strength, n = 1.0, 24  # 24 draws: every position of hue occurs (checked)
+  images = augment.to_float(_images(n, size=12, channels=channels, seed=3))
+  u = np.asarray(jax.vmap(lambda k: augment._draws(k, 8))(_keys(n, seed=5)))
+  ours = np.asarray(jax.jit(jax.vmap(
+      lambda uu, x: augment._jitter(uu, x, strength, 'multiplicative')))(u, images))
+  d = 0.8 * strength
+  lerp = lambda v, lo, hi: lo + (hi - lo) * v
+  num_ops = 4 if channels == 3 else 2
+  hue_positions = set()
+  for i in range(n):
+    b, c, s = (lerp(u[i, j], max(0.0, 1 - d), 1 + d) for j in range(3))
+    h = lerp(u[i, 3], -0.2 * strength, 0.2 * strength)
+    ops = [lambda x: x * b, lambda x: pix.adjust_contrast(x, c),
+           lambda x: pix.adjust_saturation(x, s), lambda x: pix.adjust_hue(x, h)]
+    order = np.argsort(u[i, 4:4 + num_ops])
+    hue_positions.add(int(np.argmax(order == 3)))
+    x = images[i]
+    for op in order:
+      x = jnp.clip(ops[op](x), 0.0, 1.0)
+    np.testing.assert_allclose(ours[i], np.asarray(x), atol=2e-6, err_msg=f'image {i}')
+  if channels == 3:
+    assert hue_positions == {0, 1, 2, 3}
+
+
 def test_blur_kernel_size_and_dm_pix_equivalence():
   assert augment.blur_kernel_size(224, 0.1) == 23
   assert augment.blur_kernel_size(32, 0.1) == 3
