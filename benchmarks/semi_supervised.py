@@ -1,6 +1,7 @@
 r"""Semi-supervised Fashion-MNIST: fine-tuning a SimCLR encoder vs the same network from scratch.
 
-  python benchmarks/semi_supervised.py --out /tmp/ssl                    # the measured table
+  python benchmarks/semi_supervised.py --out /tmp/ssl --pretrain-steps 6000 \
+      --pretrain-set batch_size=512 --jobs 8                            # the measured table
   python benchmarks/semi_supervised.py --out /tmp/ssl --pretrain-dir D   # reuse a pretraining run
   python benchmarks/semi_supervised.py --quick --out /tmp/ssl_quick      # CI: embedded data, tiny
 
@@ -200,8 +201,9 @@ def main() -> None:
   parser.add_argument('--jobs', type=int, default=1,
                       help='fine-tuning runs at a time (an accelerator or many cores)')
   parser.add_argument('--fractions', default='0.01,0.1')
-  parser.add_argument('--lrs', default='0.05,0.2,0.8', help='base LRs (x B/256), per arm')
-  parser.add_argument('--blocks', default='-1,1',
+  parser.add_argument('--lrs', default=None,
+                      help='base LRs (x B/256), per arm; default 0.05,0.2,0.8,1.6 (--quick: 0.2)')
+  parser.add_argument('--blocks', default='-1',
                       help='config.fine_tune_after_block values, per arm')
   parser.add_argument('--batch-size', type=int, default=256)
   parser.add_argument('--epochs', type=float, default=0,
@@ -210,7 +212,8 @@ def main() -> None:
   parser.add_argument('--quick', action='store_true', help='CI: embedded data, tiny runs')
   args = parser.parse_args()
   if args.quick:
-    args.batch_size, args.lrs, args.blocks, args.fractions = 32, '0.2', '-1', '0.1'
+    args.batch_size, args.blocks, args.fractions = 32, '-1', '0.1'
+  args.lrs = args.lrs or ('0.2' if args.quick else '0.05,0.2,0.8,1.6')
   os.makedirs(args.out, exist_ok=True)
   fractions = [float(f) for f in args.fractions.split(',')]
   lrs = [float(x) for x in args.lrs.split(',')]

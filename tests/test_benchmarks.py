@@ -93,3 +93,34 @@ def test_ntxent_scale_quick(tmp_path):
   dense = {r['batch']: r for r in result['rows'] if r['mode'] == 'dense'}
   # Per-device temp memory grows with the batch (logits are [2n, 2B]).
   assert dense[1024]['mem']['temp'] > dense[256]['mem']['temp']
+
+
+def test_quality_quick_fixed_steps(tmp_path):
+  out = tmp_path / 'q'
+  stdout = _run('quality.py', ['--quick', '--steps', '3', '--skip-baselines', '--out', str(out),
+                               '--set', 'temperature=0.5'], {})
+  rows = _table_rows(stdout)
+  assert [r[0] for r in rows] == ['SimCLR 3steps'] and rows[0][1] == '3', rows
+  result = json.loads((out / 'quality.json').read_text())
+  row = result['rows'][0]
+  assert row['steps'] == 3 and row['step'] == 3
+  for key in ('linear_top1', 'linear_val_top1', 'knn_k20_top1', 'knn_k200_top1'):
+    assert 0.0 <= row[key] <= 1.0, (key, row[key])
+  config = json.loads((out / 'simclr_3steps' / 'config.json').read_text())
+  assert config['temperature'] == 0.5  # --set reaches the pretraining run
+
+
+def test_semi_supervised_quick_parallel(tmp_path):
+  out = tmp_path / 'ssl'
+  stdout = _run('semi_supervised.py', ['--quick', '--jobs', '2', '--lrs', '0.1,0.2',
+                                       '--out', str(out)], {})
+  rows = _table_rows(stdout)
+  assert rows[0][0] == '10%', rows  # the summary: one row per fraction
+  report = json.loads((out / 'semi_supervised.json').read_text())
+  runs = report['runs']
+  assert sorted((r['arm'], r['lr']) for r in runs) == [
+      ('pretrained', 0.1), ('pretrained', 0.2), ('scratch', 0.1), ('scratch', 0.2)]
+  assert len({r['label_examples'] for r in runs}) == 1
+  for r in runs:
+    assert 0.0 <= r['test_top1'] <= 1.0 and r['steps'] == 4
+  assert set(report['best']['0.1']) == {'pretrained', 'scratch'}
