@@ -244,8 +244,7 @@ def gaussian_blur(image: Array, sigma: float | Array, kernel_size: int) -> Array
   (jax.make_mesh's default). Shifted slices times per-image taps batch as plain
   elementwise ops, which XLA fuses into one loop per axis: 2 x kernel_size
   multiply-adds per pixel, where the earlier [side, side] band-matrix einsum
-  did 2 x side (10x more at 224 px, and 15% of a ResNet-50 step on an H200;
-  benchmarks/NOTES.md).
+  did 2 x side (10x more at 224 px; benchmarks/NOTES.md, GPU augmentation).
   """
   radius = int(kernel_size / 2)  # as dm-pix: 2 * radius + 1 taps, always odd
   taps = jnp.exp(-jnp.arange(-radius, radius + 1) ** 2 / (2.0 * sigma ** 2))
