@@ -173,21 +173,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                  log_every=config.log_every_steps, start_step=start_step)
   flusher = loop.MetricsFlusher(writer, progress, config.batch_size, start_step,
                                 ('loss', 'teacher_agreement'))
-  preempted = loop.PreemptionFlag()
-  preempted.install()
   started = time.monotonic()
-  try:
-    state, step = loop.run_steps(
-        state, step_fn, _with_labelled_mask(data, label_ids), mesh=mesh,
-        start_step=start_step, total_steps=total_steps, log_every=config.log_every_steps,
-        checkpoint_every=config.checkpoint_every_steps, ckpt=ckpt, flusher=flusher,
-        step_args=(teacher_variables,),
-        extra_fn=lambda: {'data': data.state(), 'total_steps': total_steps},
-        should_stop=preempted.should_stop, stop_at_step=config.stop_at_step)
-  finally:
-    preempted.uninstall()
-    ckpt.close()
-    data.close()
+  state, step = loop.train_until_done(
+      state, step_fn, data, batches=_with_labelled_mask(data, label_ids), config=config,
+      mesh=mesh, start_step=start_step, total_steps=total_steps, ckpt=ckpt, flusher=flusher,
+      step_args=(teacher_variables,))
   train_seconds = time.monotonic() - started
 
   # --- Eval: student top-1, teacher top-1 and agreement ----------------------------
@@ -200,11 +190,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.close()
     return results
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  results.update(finetune.evaluate(finetune.make_logits_fn(model, variables, mesh, out_size),
-                                   config, workdir, mesh))
+  student_logits = finetune.make_logits_fn(model, variables, mesh, out_size)
+  results.update(finetune.evaluate(student_logits, config, workdir, mesh))
   teacher_logits = finetune.make_logits_fn(teacher.model, teacher_variables, mesh,
                                            teacher_size)
-  student_logits = finetune.make_logits_fn(model, variables, mesh, out_size)
   both = jax.jit(lambda images: jnp.stack(
       [jnp.argmax(student_logits(images), -1), jnp.argmax(teacher_logits(images), -1),
        ], -1).astype(jnp.float32))

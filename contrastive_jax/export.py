@@ -57,9 +57,9 @@ def _head_classes(params: dict[str, Any], name: str) -> int:
   return int(kernel.shape[-1])
 
 
-def load_pretrained(workdir: str, step: Optional[int] = None) -> Pretrained:
-  """Restores params + batch_stats of a pretraining run (latest step by default)."""
-  config = read_config(workdir)
+def _restore(workdir: str, step: Optional[int]) -> tuple[Any, Any, int]:
+  """(params, batch_stats, step) of a checkpoint of `workdir` (latest by default),
+  read without holding a checkpoint writer."""
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
   try:
     step = ckpt.latest_step() if step is None else step
@@ -68,7 +68,13 @@ def load_pretrained(workdir: str, step: Optional[int] = None) -> Pretrained:
     state, _ = ckpt.restore(step)
   finally:
     ckpt.close()
-  params, batch_stats = state['params'], state.get('batch_stats', {})
+  return state['params'], state.get('batch_stats', {}), int(step)
+
+
+def load_pretrained(workdir: str, step: Optional[int] = None) -> Pretrained:
+  """Restores params + batch_stats of a pretraining run (latest step by default)."""
+  config = read_config(workdir)
+  params, batch_stats, step = _restore(workdir, step)
   model = build_model(config.model, num_classes=_head_classes(params, 'probe'))
   return Pretrained(config=config, model=model, step=int(step),
                     variables={'params': params, 'batch_stats': batch_stats})
@@ -171,15 +177,7 @@ def load_classifier(workdir: str, step: Optional[int] = None) -> Classifier:
   if 'ft_proj_selector' not in config:
     raise ValueError(f'{workdir} is not a fine-tune or distill workdir (its config.json has '
                      'no ft_proj_selector); use load_encoder for pretraining runs.')
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
-  try:
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints yet.')
-    state, _ = ckpt.restore(step)
-  finally:
-    ckpt.close()
-  params, batch_stats = state['params'], state.get('batch_stats', {})
+  params, batch_stats, step = _restore(workdir, step)
   num_classes = _head_classes(params, 'classifier')
   if num_classes <= 0:
     raise ValueError(f'The checkpoint in {workdir} has no classifier parameters.')

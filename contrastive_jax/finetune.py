@@ -340,20 +340,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                  log_every=config.log_every_steps, start_step=start_step)
   flusher = loop.MetricsFlusher(writer, progress, config.batch_size, start_step,
                                 ('loss', 'train_acc'))
-  preempted = loop.PreemptionFlag()
-  preempted.install()
   started = time.monotonic()
-  try:
-    state, step = loop.run_steps(
-        state, step_fn, data, mesh=mesh, start_step=start_step, total_steps=total_steps,
-        log_every=config.log_every_steps, checkpoint_every=config.checkpoint_every_steps,
-        ckpt=ckpt, flusher=flusher, step_args=({},),
-        extra_fn=lambda: {'data': data.state(), 'total_steps': total_steps},
-        should_stop=preempted.should_stop, stop_at_step=config.stop_at_step)
-  finally:
-    preempted.uninstall()
-    ckpt.close()
-    data.close()
+  state, step = loop.train_until_done(
+      state, step_fn, data, config=config, mesh=mesh, start_step=start_step,
+      total_steps=total_steps, ckpt=ckpt, flusher=flusher, step_args=({},))
   train_seconds = time.monotonic() - started
 
   # --- Eval: val (for choices) and test (the reported number) ------------------

@@ -30,11 +30,7 @@ from contrastive_jax.data import pipeline
 
 
 class PreemptionFlag:
-  """Set by SIGTERM (TPU preemption, `kill`): the loop checkpoints and stops.
-
-  (Same as pretrain.PreemptionFlag, which cannot be imported from another
-  binary: pretrain.py defines absl flags at import time.)
-  """
+  """Set by SIGTERM (TPU preemption, `kill`): the loop checkpoints and stops."""
 
   def __init__(self):
     self._event = threading.Event()
@@ -120,6 +116,35 @@ def run_steps(state: Any, step_fn: Callable[..., tuple[Any, Any]],
   ckpt.save(step, state, extra_fn(), force=True)
   ckpt.wait()
   return state, step
+
+
+def train_until_done(state: Any, step_fn: Callable[..., tuple[Any, Any]], data: Any, *,
+                     config: ml_collections.ConfigDict, mesh, start_step: int,
+                     total_steps: int, ckpt, flusher: MetricsFlusher,
+                     batches: Optional[Iterator[Mapping[str, np.ndarray]]] = None,
+                     step_args: tuple = ()) -> tuple[Any, int]:
+  """run_steps as every binary runs it: the config's log / checkpoint / stop_at_step
+  cadence, SIGTERM -> checkpoint and stop, the data position and total_steps in
+  every checkpoint; closes the checkpointer and the data iterator at the end.
+
+  data: the iterator whose position is saved (`data.state()`); batches: what
+  the step consumes, when it wraps data (default: data itself).
+  """
+  preempted = PreemptionFlag()
+  preempted.install()
+  try:
+    return run_steps(
+        state, step_fn, data if batches is None else batches, mesh=mesh,
+        start_step=start_step, total_steps=total_steps, log_every=config.log_every_steps,
+        checkpoint_every=config.checkpoint_every_steps, ckpt=ckpt, flusher=flusher,
+        step_args=step_args,
+        extra_fn=lambda: {'data': data.state(), 'total_steps': total_steps},
+        should_stop=preempted.should_stop, stop_at_step=config.stop_at_step)
+  finally:
+    preempted.uninstall()
+    ckpt.close()
+    if hasattr(data, 'close'):
+      data.close()
 
 
 def predict_split(logits_fn: Callable[[jax.Array], jax.Array],

@@ -101,19 +101,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                  log_every=config.log_every_steps, start_step=start_step)
   flusher = loop.MetricsFlusher(writer, progress, config.batch_size, start_step,
                                 ('loss', 'contrast_acc', 'probe_acc'))
-  preempted = loop.PreemptionFlag()
-  preempted.install()
-  try:
-    state, step = loop.run_steps(
-        state, step_fn, data, mesh=mesh, start_step=start_step, total_steps=total_steps,
-        log_every=config.log_every_steps, checkpoint_every=config.checkpoint_every_steps,
-        ckpt=ckpt, extra_fn=lambda: {'data': data.state(), 'total_steps': total_steps},
-        flusher=flusher, should_stop=preempted.should_stop, stop_at_step=config.stop_at_step)
-  finally:
-    preempted.uninstall()
-    ckpt.close()
-    if hasattr(data, 'close'):
-      data.close()
+  state, step = loop.train_until_done(
+      state, step_fn, data, config=config, mesh=mesh, start_step=start_step,
+      total_steps=total_steps, ckpt=ckpt, flusher=flusher)
 
   # --- Eval: the online probe, on val (for choices) and test (the reported number)
   results: dict[str, Any] = {'step': step, **flusher.last}

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from contrastive_jax.models import build_encoder, encoder_width
-from contrastive_jax.models.heads import LinearHead, dense_kernel_init
+from contrastive_jax.models.heads import LinearHead, ProjectionHead
 
 FREEZE_ALL = 4  # fine_tune_after_block value that trains only the classifier
 _STAGE = re.compile(r'stage(\d+)_')
@@ -90,36 +90,6 @@ def _freeze_interceptor(root: tuple[str, ...], fine_tune_after_block: int,
   return jax.tree.map(jax.lax.stop_gradient, out)
 
 
-class ProjectionLayers(nn.Module):
-  """The first `keep` layers of `heads.ProjectionHead(num_layers)`, with the same
-  parameter names (dense{j}, bn{j}) and the same per-layer choices, so the
-  pretrained head's layers restore as they are. Returns the k-th layer's output.
-  """
-  num_layers: int
-  keep: int
-  out_dim: int = 128
-  hidden_dim: int = 0
-  dtype: Any = jnp.float32
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-
-  @nn.compact
-  def __call__(self, h: jax.Array, train: bool) -> jax.Array:
-    x = h
-    for j in range(self.keep):
-      last = j == self.num_layers - 1
-      units = self.out_dim if last else (self.hidden_dim or h.shape[-1])
-      x = nn.Dense(units, use_bias=False, kernel_init=dense_kernel_init,
-                   dtype=self.dtype, param_dtype=jnp.float32, name=f'dense{j + 1}')(x)
-      # use_running_average at call time: the freezing interceptor overrides it.
-      x = nn.BatchNorm(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                       use_bias=not last, dtype=self.dtype, param_dtype=jnp.float32,
-                       name=f'bn{j + 1}')(x, use_running_average=not train)
-      if not last:
-        x = nn.relu(x)
-    return x
-
-
 class Classifier(nn.Module):
   """encoder -> [projection layers] -> LinearHead; `__call__(x, train)` -> logits
   [N, num_classes] float32. See the module docstring for freezing."""
@@ -141,7 +111,7 @@ class Classifier(nn.Module):
   def _features(self, x: jax.Array, train: bool) -> jax.Array:
     h = self.encoder(x, train=train)
     if self.head is not None:
-      h = self.head(h, train=train)
+      h = self.head(h, train=train)[-1]  # the last kept projection layer
     return h.astype(jnp.float32)
 
   @nn.compact
@@ -186,7 +156,7 @@ def build_classifier(model_cfg: ml_collections.ConfigDict, num_classes: int, *,
   keep = kept_projection_layers(model_cfg, ft_proj_selector)
   head = None
   if keep:
-    head = ProjectionLayers(
+    head = ProjectionHead(
         num_layers=int(model_cfg.num_proj_layers), keep=keep, out_dim=model_cfg.proj_dim,
         hidden_dim=model_cfg.proj_hidden_dim, dtype=jnp.dtype(model_cfg.dtype),
         bn_momentum=model_cfg.bn_momentum, bn_epsilon=model_cfg.bn_epsilon)

@@ -23,6 +23,9 @@ class ProjectionHead(nn.Module):
   Layers 1..L-1 have `hidden_dim` units (0 = the width of h, as in SimCLR);
   layer L has `out_dim`. v2 fine-tunes from out_1, hence the whole list.
   Outputs are in the compute dtype; ContrastiveModel casts them to float32.
+  `keep` = k > 0 builds only layers 1..k (same names and per-layer choices, so
+  a pretrained head's first k layers restore as they are): the fine-tuning
+  classifier's input (models/classifier.py).
   """
   num_layers: int = 2
   out_dim: int = 128
@@ -30,20 +33,22 @@ class ProjectionHead(nn.Module):
   dtype: Any = jnp.float32
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  keep: int = 0
 
   @nn.compact
   def __call__(self, h: jax.Array, train: bool) -> list[jax.Array]:
     outputs = [h]
     x = h
-    for j in range(self.num_layers):
+    for j in range(self.keep or self.num_layers):
       last = j == self.num_layers - 1
       units = self.out_dim if last else (self.hidden_dim or h.shape[-1])
       x = nn.Dense(units, use_bias=False, kernel_init=dense_kernel_init,
                    dtype=self.dtype, param_dtype=jnp.float32, name=f'dense{j + 1}')(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                       epsilon=self.bn_epsilon, use_bias=not last,
-                       dtype=self.dtype, param_dtype=jnp.float32,
-                       name=f'bn{j + 1}')(x)
+      # use_running_average at call time: the classifier's freezing
+      # interceptor overrides it.
+      x = nn.BatchNorm(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                       use_bias=not last, dtype=self.dtype, param_dtype=jnp.float32,
+                       name=f'bn{j + 1}')(x, use_running_average=not train)
       if not last:
         x = nn.relu(x)
       outputs.append(x)
