@@ -21,6 +21,7 @@ setup(
         'absl-py>=1.0',
         'numpy>=1.26',
         'tensorboardX>=2.6',
+        'pillow>=9',  # tensorboardX encodes the image summaries (augmented pairs) with it
         'tensorflow-datasets>=4.9.3',
         # The host input pipeline only; the training path never imports it.
         'tensorflow-cpu>=2.16; platform_machine=="x86_64"',
