@@ -17,9 +17,10 @@ WORKDIR/eval/metrics.jsonl + tensorboard/, WORKDIR/eval/embedding_{pca,tsne}.png
 The data is the init_from run's config.data; any key set under config.data
 here overrides it (e.g. --config.data.source=idx --config.data.idx_dir=...).
 Protocol (SimCLR): features computed once with the eval preprocessing; the
-linear probe's learning rate x weight decay grid is chosen on the validation
-carve of train (the run's config.data.val_examples, else val_fraction of
-train), retrained on train + val and reported once on test.
+linear probe's learning rate x weight decay (x feature_norm, when several are
+given) grid is chosen on the validation carve of train (the run's
+config.data.val_examples, else val_fraction of train), retrained on train +
+val and reported once on test.
 
 Expected on 2 busy CPU cores after configs/smoke.py (300 steps, online probe
 73.3% test): about 50 s (features 13 s, linear grid 7 s, kNN 2 s, t-SNE of
@@ -69,7 +70,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       epochs=30,                    # 90 for ImageNet
       batch_size=256,               # <= 0: full batch
       schedule='cosine',            # 'cosine' | 'constant'
-      feature_norm='none',          # 'none' (SimCLR) | 'l2' | 'standardize'
+      # 'none' (SimCLR) | 'l2' | 'standardize', or several comma-separated
+      # ('none,standardize'): one more grid axis, chosen on val.
+      feature_norm='none',
   ))
 
   # Weighted kNN on L2-normalised features, train split as the memory bank.

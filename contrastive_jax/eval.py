@@ -50,7 +50,6 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     'linear.optimizer': ('sgd', 'lars'),
     'linear.lr_scaling': ('linear', 'sqrt', 'none'),
     'linear.schedule': ('cosine', 'constant'),
-    'linear.feature_norm': ('none', 'l2', 'standardize'),
 }
 
 
@@ -87,6 +86,8 @@ def _validate(config: ml_collections.ConfigDict) -> tuple[str, ...]:
                                 and len(config.linear.weight_decays)):
     raise ValueError('config.linear.learning_rates and config.linear.weight_decays '
                      'need at least one value each.')
+  if 'linear' in modes:
+    probes.parse_feature_norms(config.linear.feature_norm)
   if config.val_fraction < 0 or config.val_fraction >= 1:
     raise ValueError(f'config.val_fraction={config.val_fraction} must be in [0, 1).')
   bad = [m for m in plot_methods(config) if m not in PLOT_METHODS]

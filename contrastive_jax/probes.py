@@ -10,7 +10,8 @@ grid, one compile), chosen by top-1 on a validation split carved from train,
 then retrained on train + val and reported once on test (`linear_protocol`).
 Features are used as they come (SimCLR does not normalise them);
 `normalize_features` offers 'l2' and 'standardize' (= BatchNorm without affine
-with train statistics, which some codebases put in front of the probe).
+with train statistics, which some codebases put in front of the probe), and
+the protocol can treat the normalisation as one more grid axis chosen on val.
 
 kNN (Wu et al. 2018, solo-learn): cosine similarity of L2-normalised features
 against the train features as memory bank; the k nearest vote for their label
@@ -54,7 +55,21 @@ def normalize_features(train: np.ndarray, others: Sequence[np.ndarray], mode: st
     f = lambda x: ((x - mean) / std).astype(np.float32)
     return f(train), [f(x) for x in others]
   raise ValueError(f"config.linear.feature_norm={mode!r}; choose 'none', 'l2' or "
-                   "'standardize'.")
+                   "'standardize' (or a comma-separated list of them, chosen on val).")
+
+
+FEATURE_NORMS = ('none', 'l2', 'standardize')
+
+
+def parse_feature_norms(spec: str | Sequence[str]) -> tuple[str, ...]:
+  """'none' or 'none,standardize' (a grid axis, chosen on val like the LR) -> tuple."""
+  norms = tuple(m.strip() for m in (spec.split(',') if isinstance(spec, str) else spec)
+                if m.strip())
+  bad = [m for m in norms if m not in FEATURE_NORMS]
+  if not norms or bad:
+    raise ValueError(f'config.linear.feature_norm={spec!r}: give one or more of '
+                     f"{FEATURE_NORMS}, comma-separated (e.g. 'none,standardize').")
+  return norms
 
 
 # ---------------------------------------------------------------------------
@@ -244,31 +259,36 @@ def linear_protocol(train: tuple[Any, Any], val: tuple[Any, Any] | None,
                     base_learning_rates: Sequence[float], weight_decays: Sequence[float],
                     lr_scaling: str, epochs: int, batch_size: int, optimizer: str,
                     momentum: float, nesterov: bool = False, schedule: str = 'cosine',
-                    feature_norm: str = 'none', seed: int = 0) -> dict[str, Any]:
+                    feature_norm: str | Sequence[str] = 'none', seed: int = 0
+                    ) -> dict[str, Any]:
   """The linear evaluation protocol on (features, labels) pairs.
 
-  1. Train the grid base_learning_rates x weight_decays on `train`; score each
-     on `val` (test is not looked at).
-  2. Take the best val top-1 (ties: the first in grid order, LR-major).
+  1. Train the grid feature_norm x base_learning_rates x weight_decays on
+     `train`; score each on `val` (test is not looked at). Normalisation
+     statistics come from the split the probe is trained on.
+  2. Take the best val top-1 (ties: the first in grid order, norm-major, then
+     LR-major).
   3. Retrain with it on train + val; report top-1 / top-5 on test, once.
   With val None the grid must have one point: train on train, report on test.
   The learning rate is base x B / 256 ('linear'), base x sqrt(B) or base,
   with B the probe's effective batch size.
 
   Returns a dict: linear_top1, linear_top5 (test), linear_val_top1,
-  linear_val_top5 (chosen point), linear_base_learning_rate,
-  linear_learning_rate, linear_weight_decay, linear_grid (list of dicts),
-  linear_train_examples (of the final fit).
+  linear_val_top5 (chosen point), linear_feature_norm,
+  linear_base_learning_rate, linear_learning_rate, linear_weight_decay,
+  linear_grid (list of dicts), linear_train_examples (of the final fit).
   """
-  grid = [(float(lr), float(wd)) for lr in base_learning_rates for wd in weight_decays]
-  if not grid:
+  norms = parse_feature_norms(feature_norm)
+  hyper = [(float(lr), float(wd)) for lr in base_learning_rates for wd in weight_decays]
+  if not hyper:
     raise ValueError('config.linear.learning_rates and config.linear.weight_decays '
                      'must be non-empty.')
+  grid = [(norm, lr, wd) for norm in norms for lr, wd in hyper]
   if val is None and len(grid) > 1:
     raise ValueError(
         f'The linear probe grid has {len(grid)} points but there is no validation split '
         'to choose on; set config.data.val_examples (or config.val_fraction) > 0, or give '
-        'one config.linear.learning_rates and one config.linear.weight_decays.')
+        'one config.linear.learning_rates, weight_decays and feature_norm.')
   x_train, y_train = np.asarray(train[0], np.float32), np.asarray(train[1], np.int32)
   x_test, y_test = np.asarray(test[0], np.float32), np.asarray(test[1], np.int32)
   common = dict(num_classes=num_classes, epochs=epochs, batch_size=batch_size,
@@ -282,31 +302,34 @@ def linear_protocol(train: tuple[Any, Any], val: tuple[Any, Any] | None,
   out: dict[str, Any] = {}
   if val is not None:
     x_val, y_val = np.asarray(val[0], np.float32), np.asarray(val[1], np.int32)
-    xs, (xv,) = normalize_features(x_train, [x_val], feature_norm)
-    params = fit_linear(xs, y_train, learning_rates=[scaled(lr, len(xs)) for lr, _ in grid],
-                        weight_decays=[wd for _, wd in grid], **common)
-    acc = topk_accuracy(linear_logits(params, jnp.asarray(xv)), jnp.asarray(y_val), (1, 5))
+    top1, top5, finite = [], [], []
+    for norm in norms:
+      xs, (xv,) = normalize_features(x_train, [x_val], norm)
+      params = fit_linear(xs, y_train, learning_rates=[scaled(lr, len(xs)) for lr, _ in hyper],
+                          weight_decays=[wd for _, wd in hyper], **common)
+      acc = topk_accuracy(linear_logits(params, jnp.asarray(xv)), jnp.asarray(y_val), (1, 5))
+      top1 += list(np.asarray(acc[1]))
+      top5 += list(np.asarray(acc[5]))
+      finite += list(np.asarray(jax.vmap(lambda p: jnp.all(jnp.isfinite(p['kernel'])))(params)))
     # A diverged point (non-finite weights) can still "score" through top_k's
     # handling of NaN; it is never chosen.
-    finite = np.asarray(jax.vmap(lambda p: jnp.all(jnp.isfinite(p['kernel'])))(params))
-    top1 = np.where(finite, acc[1], -1.0)
-    best = int(np.argmax(top1))  # first maximum: ties go to the earlier grid point
-    out['linear_grid'] = [dict(base_learning_rate=lr, weight_decay=wd,
-                               val_top1=float(t1), val_top5=float(t5), diverged=not ok)
-                          for (lr, wd), t1, t5, ok in zip(grid, acc[1], acc[5], finite)]
-    out['linear_val_top1'] = float(acc[1][best])
-    out['linear_val_top5'] = float(acc[5][best])
+    best = int(np.argmax(np.where(finite, top1, -1.0)))  # first maximum wins ties
+    out['linear_grid'] = [dict(feature_norm=norm, base_learning_rate=lr, weight_decay=wd,
+                               val_top1=float(t1), val_top5=float(t5), diverged=not bool(ok))
+                          for (norm, lr, wd), t1, t5, ok in zip(grid, top1, top5, finite)]
+    out['linear_val_top1'] = float(top1[best])
+    out['linear_val_top5'] = float(top5[best])
     x_final = np.concatenate([x_train, x_val])
     y_final = np.concatenate([y_train, y_val])
   else:
     best = 0
     x_final, y_final = x_train, y_train
-  base_lr, wd = grid[best]
-  xf, (xt,) = normalize_features(x_final, [x_test], feature_norm)
+  norm, base_lr, wd = grid[best]
+  xf, (xt,) = normalize_features(x_final, [x_test], norm)
   lr = scaled(base_lr, len(xf))
   params = fit_linear(xf, y_final, learning_rates=[lr], weight_decays=[wd], **common)
   acc = topk_accuracy(linear_logits(params, jnp.asarray(xt))[0], jnp.asarray(y_test), (1, 5))
-  out.update(linear_top1=float(acc[1]), linear_top5=float(acc[5]),
+  out.update(linear_top1=float(acc[1]), linear_top5=float(acc[5]), linear_feature_norm=norm,
              linear_base_learning_rate=base_lr, linear_learning_rate=lr,
              linear_weight_decay=wd, linear_train_examples=int(len(xf)))
   return out
