@@ -24,6 +24,6 @@ assert 'tensorflow' not in sys.modules
 PYEOF
 
 "$PY" benchmarks/throughput.py --model resnet50 --image-size 224 --dtype bfloat16 \
-  --batch 256 --steps 20 --warmup 3 --conv auto --out "$RESULTS" \
+  --batch 256 --steps 20 --warmup 3 --conv auto --augment-ablation --out "$RESULTS" \
   --note "gpu.sh: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)" "$@"
 echo "gpu.sh: JSON line appended to $RESULTS"

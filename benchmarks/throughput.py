@@ -401,6 +401,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument('--naive-augment', choices=('project', 'none'), default='project',
                  help="naive baseline input: the project's augmentation, or none "
                       '(the image and its flip)')
+  p.add_argument('--augment-ablation', action='store_true',
+                 help='also time the augmentation with ops added one at a time '
+                      '(crop+flip, its resize at default precision, + jitter, ...)')
   p.add_argument('--matmul-size', type=int, default=0,
                  help='side of the matmul that measures the peak rate; 0 = 2048 on CPU, '
                       '8192 on accelerators')
@@ -420,6 +423,38 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.source_size = (args.image_size if args.image_size <= 64
                         else int(round(args.image_size * 8 / 7)))
   return args
+
+
+# Cumulative augmentation variants (--augment-ablation): each op's cost is the
+# difference to the row above, measured where the whole-augmentation share is
+# in question (the GPU). Probabilities set to 0 compile the op out.
+_NO_OPS = dict(jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
+AUGMENT_ABLATION: tuple[tuple[str, dict[str, Any]], ...] = (
+    ('aug: crop+flip', _NO_OPS),
+    ('aug: crop+flip, resize_precision=default', _NO_OPS | dict(resize_precision='default')),
+    ('aug: + jitter', _NO_OPS | dict(jitter_prob=0.8)),
+    ('aug: + jitter + grayscale', _NO_OPS | dict(jitter_prob=0.8, grayscale_prob=0.2)),
+    ('aug: + jitter + grayscale + blur', dict(jitter_prob=0.8, grayscale_prob=0.2,
+                                              blur_prob=0.5, solarize_prob=0.0)),
+)
+
+
+def time_augment(name: str, aug_cfg: Any, config: Any, batch: dict[str, jax.Array],
+                 out_size: int, args: argparse.Namespace, num_devices: int) -> 'Timing':
+  """Compiles and times the two-view augmentation of `batch` under aug_cfg."""
+  view_cfg = config.copy_and_resolve_references()
+  view_cfg.augment = aug_cfg
+  compiled, compile_s, flops, src = compile_timed(
+      train.make_view_fn(view_cfg, out_size), jnp.zeros((), jnp.int32), batch,
+      num_devices=num_devices)
+  counter = [0]
+
+  def call():
+    counter[0] += 1
+    return compiled(jnp.asarray(counter[0], jnp.int32), batch)
+  times = time_calls(call, args.steps, args.warmup)
+  return Timing(name, compile_s, statistics.median(times), min(times), max(times), flops,
+                src, len(times))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -468,18 +503,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   del state
 
   # --- augmentation alone (the project's view function, same sharded batch).
-  view_fn = train.make_view_fn(config, out_size)
-  step0 = jnp.zeros((), jnp.int32)
-  aug_compiled, aug_compile_s, aug_flops, aug_src = compile_timed(
-      view_fn, step0, batch, num_devices=num_devices)
-  counter = [0]
-
-  def aug_call():
-    counter[0] += 1
-    return aug_compiled(jnp.asarray(counter[0], jnp.int32), batch)
-  times = time_calls(aug_call, args.steps, args.warmup)
-  aug = Timing('augment', aug_compile_s, statistics.median(times), min(times), max(times),
-               aug_flops, aug_src, len(times))
+  aug = time_augment('augment', config.augment, config, batch, out_size, args, num_devices)
+  ablation = []
+  if args.augment_ablation:
+    for name, overrides in AUGMENT_ABLATION:
+      cfg = config.augment.copy_and_resolve_references()
+      cfg.update(overrides)
+      ablation.append(time_augment(name, cfg, config, batch, out_size, args, num_devices))
 
   # --- naive baseline (one device, no sharding).
   naive = None
@@ -517,7 +547,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       matmul=dict(dtype=args.dtype, size=size, best_flops_per_s=mm_best,
                   median_flops_per_s=mm_median),
       loss_after=dict(project=loss, naive=naive_loss))
-  for t in (project, aug, naive):
+  for t in (project, aug, naive, *ablation):
     if t is None:
       continue
     result[t.name] = dataclasses.asdict(t) | dict(
@@ -526,6 +556,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         flops_per_s=t.flops / t.step_s,
         mfu=t.flops / t.step_s / mm_best)
   result['augment_share'] = aug.step_s / project.step_s
+  result['augment_ablation'] = [t.name for t in ablation]
   if naive is not None:
     result['ratio_project_over_naive'] = naive.step_s / project.step_s
   return result
@@ -555,12 +586,12 @@ def format_table(r: dict[str, Any]) -> str:
       'naive': f"naive (plain jit, 1 device, aug={a['naive_augment']})",
       'augment': 'augment only (project views)',
   }
-  for name in ('project', 'naive', 'augment'):
+  for name in ('project', 'naive', 'augment', *r.get('augment_ablation', ())):
     t = r.get(name)
     if not t:
       continue
     lines.append(
-        f"| {labels[name]} | {1e3 * t['step_s']:.1f} | {1e3 * t['step_min_s']:.1f}-"
+        f"| {labels.get(name, name)} | {1e3 * t['step_s']:.1f} | {1e3 * t['step_min_s']:.1f}-"
         f"{1e3 * t['step_max_s']:.1f} | {t['images_per_s']:.1f} | "
         f"{t['flops_per_image'] / 1e9:.3f} | {t['flops_per_s'] / 1e9:.1f} | "
         f"{100 * t['mfu']:.1f}% | {t['compile_s']:.1f} |")

@@ -115,22 +115,25 @@ def sample_crop_box(key: Array, height: int, width: int,
   return _crop_box(u, height, width, area_range, aspect_range)
 
 
+_PRECISIONS = {'highest': jax.lax.Precision.HIGHEST, 'default': jax.lax.Precision.DEFAULT}
+
+
 def _resize_box(image: Array, box: tuple[Array, Array, Array, Array],
-                out_size: int) -> Array:
+                out_size: int, precision: str = 'highest') -> Array:
   """Resamples the box (y, x, h, w) to out_size x out_size, bicubic, in [0, 1].
 
   scale_and_translate maps the box onto the output directly, so traced box
   sizes need no dynamic slicing; the cubic kernel may read a pixel or two just
   outside the box (real image content) where a crop-then-resize would clamp.
   Antialiasing (the default) filters when the box is larger than the output.
-  Bicubic overshoots, hence the clip.
+  Bicubic overshoots, hence the clip. precision: see config.augment.resize_precision.
   """
   y, x, h, w = box
   scale = jnp.stack([out_size / h, out_size / w]).astype(jnp.float32)
   translation = -jnp.stack([y, x]).astype(jnp.float32) * scale
   out = jax.image.scale_and_translate(
       image, (out_size, out_size, image.shape[-1]), (0, 1), scale, translation,
-      method='bicubic')
+      method='bicubic', precision=_PRECISIONS[precision])
   return jnp.clip(out, 0.0, 1.0)
 
 
@@ -298,8 +301,8 @@ def _crop_and_flip(u_crop: Array, u_flip: Array, image: Array,
   box = _crop_box(u_crop, image.shape[0], image.shape[1],
                   (cfg.crop_area_min, cfg.crop_area_max),
                   (cfg.crop_aspect_min, cfg.crop_aspect_max))
-  return _apply_with_prob(u_flip[0], cfg.flip_prob, _hflip,
-                          _resize_box(image, box, out_size))
+  resized = _resize_box(image, box, out_size, cfg.get('resize_precision', 'highest'))
+  return _apply_with_prob(u_flip[0], cfg.flip_prob, _hflip, resized)
 
 
 def simclr_view(key: Array, image: Array, cfg: ml_collections.ConfigDict,

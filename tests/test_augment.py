@@ -5,6 +5,7 @@ import functools
 import dm_pix as pix
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
@@ -85,6 +86,22 @@ def test_random_resized_crop_resamples_the_sampled_box():
   assert views.shape == (8, OUT, OUT, 3)
   assert views.min() >= 0.0 and views.max() <= 1.0
   assert all(not np.allclose(views[0], views[i]) for i in range(1, 8))
+
+
+def test_resize_precision_default_resamples_the_same_box():
+  # 'default' only changes how the resampling contraction is computed (TF32 /
+  # bfloat16 passes on accelerators, unchanged on CPU): same box, same pixels
+  # to well under one uint8 level.
+  images = augment.to_float(_images(6, size=32))
+  keys = _keys(6)
+  views = {p: np.asarray(jax.jit(jax.vmap(lambda k, x, p=p: augment.simclr_view(
+      k, x, _cfg(resize_precision=p, jitter_prob=0.0, grayscale_prob=0.0), OUT)))(
+          keys, images)) for p in ('highest', 'default')}
+  assert views['default'].shape == (6, OUT, OUT, 3)
+  np.testing.assert_allclose(views['default'], views['highest'], atol=2e-3)
+  with pytest.raises(ValueError, match='resize_precision'):
+    config_defaults.validate(ml_collections.ConfigDict(
+        {'augment': _cfg(resize_precision='tf32')}), config_defaults.CHOICES)
 
 
 # ----------------------------------------------------------------------------

@@ -52,11 +52,13 @@ def _finite(x) -> bool:
 def test_throughput_quick(tmp_path):
   out = tmp_path / 'tp.jsonl'
   stdout = _run('throughput.py', ['--quick', '--conv', 'xla', '--naive-augment', 'none',
-                                          '--out', str(out)], {})
+                                          '--augment-ablation', '--out', str(out)], {})
   rows = _table_rows(stdout)
   names = [r[0] for r in rows]
-  assert [n.split(' ')[0] for n in names] == ['project', 'naive', 'augment', 'matmul'], names
-  for r in rows[:3]:  # step ms, images/s, GFLOP/image, GFLOP/s
+  assert [n.split(' ')[0] for n in names] == (
+      ['project', 'naive', 'augment'] + ['aug:'] * 5 + ['matmul']), names
+  assert names[3] == 'aug: crop+flip' and names[7] == 'aug: + jitter + grayscale + blur'
+  for r in rows[:8]:  # step ms, images/s, GFLOP/image, GFLOP/s
     for cell in (r[1], r[3], r[4], r[5]):
       assert math.isfinite(float(cell)) and float(cell) >= 0, r
     assert r[6].endswith('%') and math.isfinite(float(r[6][:-1])), r
