@@ -80,6 +80,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       ks=(20, 200),
       temperature=0.07,
       chunk_size=256,               # test rows per similarity block
+      # 'none' (cosine of the raw features) | 'standardize' (per-dimension,
+      # bank statistics, then cosine), or 'none,standardize': chosen on val
+      # by top-1 at ks[0], with train as the bank.
+      feature_norm='none',
   ))
 
   config.plot = True                # 2-D embedding of test features as PNG

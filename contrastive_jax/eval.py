@@ -88,6 +88,8 @@ def _validate(config: ml_collections.ConfigDict) -> tuple[str, ...]:
                      'need at least one value each.')
   if 'linear' in modes:
     probes.parse_feature_norms(config.linear.feature_norm)
+  if 'knn' in modes:
+    probes.parse_feature_norms(config.knn.feature_norm)
   if config.val_fraction < 0 or config.val_fraction >= 1:
     raise ValueError(f'config.val_fraction={config.val_fraction} must be in [0, 1).')
   bad = [m for m in plot_methods(config) if m not in PLOT_METHODS]
@@ -347,12 +349,12 @@ def _frozen_feature_eval(ctx: _Context, state: dict[str, Any], step: int) -> dic
 
   if 'knn' in ctx.modes:
     t0 = time.monotonic()
-    # Memory bank: all of train (the val carve too); nothing is chosen on test.
-    bank = [feats['train']] + ([feats['val']] if 'val' in feats else [])
-    results.update(probes.knn_evaluate(
-        np.concatenate([b[0] for b in bank]), np.concatenate([b[1] for b in bank]),
-        *feats['test'], num_classes=num_classes, ks=tuple(config.knn.ks),
-        temperature=config.knn.temperature, chunk_size=config.knn.chunk_size))
+    # Memory bank for test: all of train (the val carve too); a feature_norm
+    # choice is made on val with train as the bank; nothing is chosen on test.
+    results.update(probes.knn_protocol(
+        feats['train'], feats.get('val'), feats['test'], num_classes=num_classes,
+        ks=tuple(config.knn.ks), temperature=config.knn.temperature,
+        feature_norm=config.knn.feature_norm, chunk_size=config.knn.chunk_size))
     results['knn_seconds'] = time.monotonic() - t0
 
   if config.plot and jax.process_index() == 0:

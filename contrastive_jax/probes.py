@@ -146,6 +146,48 @@ def knn_evaluate(train_features: Any, train_labels: Any, test_features: Any,
   return out
 
 
+def knn_protocol(train: tuple[Any, Any], val: tuple[Any, Any] | None,
+                 test: tuple[Any, Any], *, num_classes: int, ks: Sequence[int],
+                 temperature: float, feature_norm: str | Sequence[str] = 'none',
+                 chunk_size: int = 256) -> dict[str, Any]:
+  """kNN evaluation with the feature normalisation chosen on val.
+
+  With several feature_norm values ('none,standardize'): each is scored as kNN
+  top-1 at ks[0] on `val` with `train` as the memory bank (standardisation
+  statistics from train); the best (ties: the first) is used with train + val
+  as the bank (statistics from it) for the test figures, every k. With one
+  value, or no val: that value, bank = train (+ val when given).
+
+  Returns knn_k{k}_top1 / _top5 (test), knn_feature_norm and, with a choice,
+  knn_grid (val top-1 per feature_norm).
+  """
+  norms = parse_feature_norms(feature_norm)
+  if val is None and len(norms) > 1:
+    raise ValueError(f'config.knn.feature_norm={feature_norm!r} asks for a choice on val, '
+                     'but there is no validation split; set config.data.val_examples (or '
+                     'config.val_fraction) > 0, or give one feature_norm.')
+  kw = dict(num_classes=num_classes, ks=tuple(ks), temperature=temperature,
+            chunk_size=chunk_size)
+  out: dict[str, Any] = {}
+  norm = norms[0]
+  if len(norms) > 1:
+    scores = []
+    for candidate in norms:
+      bank, (queries,) = normalize_features(np.asarray(train[0], np.float32),
+                                            [np.asarray(val[0], np.float32)], candidate)
+      acc = knn_evaluate(bank, train[1], queries, val[1], **kw)
+      scores.append(acc[f'knn_k{int(ks[0])}_top1'])
+    norm = norms[int(np.argmax(scores))]
+    out['knn_grid'] = [dict(feature_norm=n, val_top1=float(v)) for n, v in zip(norms, scores)]
+  splits = [train] + ([val] if val is not None else [])
+  bank_x = np.concatenate([np.asarray(x, np.float32) for x, _ in splits])
+  bank_y = np.concatenate([np.asarray(y) for _, y in splits])
+  bank_x, (test_x,) = normalize_features(bank_x, [np.asarray(test[0], np.float32)], norm)
+  out.update(knn_evaluate(bank_x, bank_y, test_x, test[1], **kw))
+  out['knn_feature_norm'] = norm
+  return out
+
+
 # ---------------------------------------------------------------------------
 # Linear probe.
 

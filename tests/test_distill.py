@@ -15,22 +15,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from contrastive_jax import distill, export, finetune, losses, pretrain
+from contrastive_jax import distill, export, finetune, losses
 from contrastive_jax.data import pipeline
 
-from tests.test_finetune import _smoke_tiny, ft_config
+from tests.test_finetune import ft_config
 
 # No augmentation (whole-image crops, no flip): the student sees the images the
 # teacher is evaluated on, and a constant LR lets it fit them in 300 steps.
 NO_AUGMENT = {'augment.crop_area_min': 1.0, 'augment.flip_prob': 0.0,
               'optim.schedule': 'constant'}
-
-
-@pytest.fixture(scope='module')
-def pretrain_dir(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('pretrain'))
-  pretrain.train_and_evaluate(_smoke_tiny(), workdir)
-  return workdir
 
 
 @pytest.fixture(scope='module')

@@ -9,7 +9,6 @@ config.data overrides, so they take seconds.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import os
 import shutil
@@ -24,19 +23,11 @@ import jax
 import numpy as np
 import pytest
 
-from contrastive_jax import checkpoint, eval as eval_lib, export, parallel, plots, pretrain, train
+from contrastive_jax import checkpoint, eval as eval_lib, export, parallel, plots, train
 from contrastive_jax.data import pipeline, sources
+from tests.helpers import REPO, load_config, set_keys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
-
-
-def load_config(name: str, arg: str | None = None):
-  path = os.path.join(REPO, 'configs', f'{name}.py')
-  spec = importlib.util.spec_from_file_location(f'configs_{name}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def _write_idx(path: str, array: np.ndarray) -> None:
@@ -57,26 +48,17 @@ def idx_dir(tmp_path_factory) -> str:
   return directory
 
 
-@pytest.fixture(scope='module')
-def pretrain_dir(tmp_path_factory) -> str:
-  workdir = str(tmp_path_factory.mktemp('pretrain'))
-  pretrain.train_and_evaluate(load_config('smoke', 'tiny'), workdir)
-  assert checkpoint.checkpoint_steps(os.path.join(workdir, 'checkpoints')) == [3, 6]
-  return workdir
-
-
 def eval_config(init_from: str, idx_dir: str, **overrides):
   config = load_config('eval', 'tiny')
   config.init_from = init_from
   config.data.source = 'idx'
   config.data.idx_dir = idx_dir
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return set_keys(config, overrides)
+
+
+def test_the_shared_pretrain_run_has_two_checkpoints(pretrain_dir):
+  # The continuous-eval tests below publish these two steps one at a time.
+  assert checkpoint.checkpoint_steps(os.path.join(pretrain_dir, 'checkpoints')) == [3, 6]
 
 
 @pytest.fixture(scope='module')

@@ -13,22 +13,14 @@ import jax
 import numpy as np
 import pytest
 
-from contrastive_jax import config_defaults, export, finetune, metrics_io, pretrain
+from contrastive_jax import config_defaults, export, finetune, metrics_io
 from contrastive_jax.data import pipeline
 from contrastive_jax.models import classifier as classifier_lib
 from contrastive_jax.models import tiny_model_config
+from tests.helpers import set_keys
 
-SMOKE = os.path.join(os.path.dirname(__file__), '..', 'configs', 'smoke.py')
 STEPS = 40          # the reference fine-tuning run
 PREEMPT_AT = 20     # the interrupted run stops here, then resumes
-
-
-def _smoke_tiny():
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location('smoke_config', SMOKE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config('tiny')
 
 
 def ft_config(init_from, **overrides):
@@ -46,20 +38,7 @@ def ft_config(init_from, **overrides):
   config.data.prefetch = 0
   config.optim.learning_rate = 0.5   # tiny net, tiny batch: the v1 rule's 0.05 x 64/256 is slow
   config.optim.lr_scaling = 'none'
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
-
-
-@pytest.fixture(scope='module')
-def pretrain_dir(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('pretrain'))
-  pretrain.train_and_evaluate(_smoke_tiny(), workdir)
-  return workdir
+  return set_keys(config, overrides)
 
 
 @pytest.fixture(scope='module')

@@ -58,6 +58,42 @@ def test_knn_matches_numpy_reference():
   np.testing.assert_array_equal(scores[0].argmax(1), train_y[nearest])
 
 
+def test_knn_protocol_chooses_feature_norm_on_val_and_matches_numpy():
+  # Class means differ by 1 in 6 dims; 3 noise dims with std 20 dominate raw
+  # cosine similarity, standardising removes that.
+  rng = np.random.default_rng(3)
+
+  def split(n):
+    y = rng.integers(0, 3, n)
+    x = np.concatenate([np.eye(3)[y].repeat(2, 1) + 0.3 * rng.normal(size=(n, 6)),
+                        20 * rng.normal(size=(n, 3))], 1)
+    return x.astype(np.float32), y
+  train, val, test = split(150), split(60), split(60)
+  kw = dict(num_classes=3, ks=(5, 20), temperature=0.1, chunk_size=16)
+  out = probes.knn_protocol(train, val, test, feature_norm='none,standardize', **kw)
+  grid = {g['feature_norm']: g['val_top1'] for g in out['knn_grid']}
+  assert list(grid) == ['none', 'standardize']
+  assert grid['standardize'] > grid['none'] + 0.2
+  assert out['knn_feature_norm'] == 'standardize'
+  # Val scores: train as the bank, standardised with train statistics.
+  mean, std = train[0].mean(0), train[0].std(0) + 1e-6
+  ref = _knn_reference((train[0] - mean) / std, train[1], (val[0] - mean) / std, 3, 5, 0.1)
+  assert grid['standardize'] == pytest.approx(_topk_reference(ref, val[1], 1))
+  # Test figures: train + val as the bank, its own statistics.
+  bank_x, bank_y = np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]])
+  mean, std = bank_x.mean(0), bank_x.std(0) + 1e-6
+  for k in (5, 20):
+    ref = _knn_reference((bank_x - mean) / std, bank_y, (test[0] - mean) / std, 3, k, 0.1)
+    assert out[f'knn_k{k}_top1'] == pytest.approx(_topk_reference(ref, test[1], 1))
+  # One norm: no choice; no val: bank = train only.
+  alone = probes.knn_protocol(train, None, test, feature_norm='none', **kw)
+  ref = _knn_reference(train[0], train[1], test[0], 3, 20, 0.1)
+  assert alone['knn_k20_top1'] == pytest.approx(_topk_reference(ref, test[1], 1))
+  assert 'knn_grid' not in alone and alone['knn_feature_norm'] == 'none'
+  with pytest.raises(ValueError, match='no validation split'):
+    probes.knn_protocol(train, None, test, feature_norm='none,standardize', **kw)
+
+
 def test_knn_chunking_does_not_change_scores():
   rng = np.random.default_rng(1)
   train_x, test_x = rng.normal(size=(64, 5)), rng.normal(size=(20, 5))
