@@ -38,6 +38,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from contrastive_jax import metrics_io
+
 PyTree = Any
 
 STATE_ITEM = 'state'
@@ -57,23 +59,6 @@ def _resolve(directory: str | os.PathLike[str]) -> str:
   if '://' in directory:
     return directory
   return os.path.abspath(os.path.expanduser(directory))
-
-
-def _jsonable(obj: Any) -> Any:
-  """Converts numpy / jax scalars, tuples and ConfigDicts into plain JSON types."""
-  if isinstance(obj, Mapping) or hasattr(obj, 'to_dict'):
-    obj = obj.to_dict() if hasattr(obj, 'to_dict') else obj
-    return {str(k): _jsonable(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_jsonable(v) for v in obj]
-  if isinstance(obj, (str, bool, int, float)) or obj is None:
-    return obj
-  if isinstance(obj, (np.generic, np.ndarray, jax.Array)):
-    arr = np.asarray(obj)
-    return arr.item() if arr.ndim == 0 else arr.tolist()
-  raise TypeError(
-      f'Checkpoint `extra` must be JSON-serialisable; got {type(obj).__name__} '
-      f'({obj!r}). Convert it to int/float/str/list/dict first.')
 
 
 def _handler_registry() -> Any:
@@ -207,7 +192,10 @@ class Checkpointer:
       logging.info('Checkpoint step %d already exists in %s; not saving again.',
                    step, self.directory)
       return False
-    extra = _jsonable(dict(extra or {}))
+    try:
+      extra = metrics_io.to_json_types(dict(extra or {}), strict=True)
+    except TypeError as e:
+      raise TypeError(f'Checkpoint `extra` must be JSON-serialisable: {e}') from e
     return bool(self._manager.save(
         step,
         args=ocp.args.Composite(**{

@@ -89,7 +89,7 @@ def _validate(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   if 'linear' in modes:
     probes.parse_feature_norms(config.linear.feature_norm)
   if 'knn' in modes:
-    probes.parse_feature_norms(config.knn.feature_norm)
+    probes.parse_feature_norms(config.knn.feature_norm, 'config.knn.feature_norm')
   if config.val_fraction < 0 or config.val_fraction >= 1:
     raise ValueError(f'config.val_fraction={config.val_fraction} must be in [0, 1).')
   bad = [m for m in plot_methods(config) if m not in PLOT_METHODS]

@@ -40,20 +40,26 @@ def _to_float(name: str, value: Any) -> float | int:
   return float(item)
 
 
-def _jsonable(obj: Any) -> Any:
-  """Plain JSON types: tuples -> lists, numpy / jax scalars -> numbers."""
+def to_json_types(obj: Any, strict: bool = False) -> Any:
+  """Plain JSON types: ConfigDicts and mappings -> dicts, tuples -> lists,
+  numpy / jax scalars and arrays -> numbers and lists. Anything else: str(obj)
+  (best effort for configs, e.g. a dtype or a callable), or TypeError if strict.
+  """
   if hasattr(obj, 'to_dict') and callable(obj.to_dict):
     obj = obj.to_dict()
   if isinstance(obj, Mapping):
-    return {str(k): _jsonable(v) for k, v in obj.items()}
+    return {str(k): to_json_types(v, strict) for k, v in obj.items()}
   if isinstance(obj, (list, tuple)):
-    return [_jsonable(v) for v in obj]
+    return [to_json_types(v, strict) for v in obj]
   if isinstance(obj, (str, bool, int, float)) or obj is None:
     return obj
   if isinstance(obj, (np.generic, np.ndarray, jax.Array)):
     arr = np.asarray(obj)
     return arr.item() if arr.ndim == 0 else arr.tolist()
-  return str(obj)  # best effort for configs: e.g. a dtype or a callable
+  if strict:
+    raise TypeError(f'{type(obj).__name__} ({obj!r}) is not JSON-serialisable; convert it '
+                    'to int/float/str/list/dict first.')
+  return str(obj)
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -125,7 +131,7 @@ class MetricsWriter:
     self.write_json(CONFIG_FILE, config)
     if self._tb is not None:
       # The config as text in TensorBoard too, so a run is self-describing there.
-      text = json.dumps(_jsonable(config), indent=2, sort_keys=True)
+      text = json.dumps(to_json_types(config), indent=2, sort_keys=True)
       self._tb.add_text('config', '```\n' + text + '\n```', 0)
       self._tb.flush()
 
@@ -133,7 +139,7 @@ class MetricsWriter:
     """WORKDIR/relpath := obj as JSON (atomically replaced)."""
     if not self.enabled:
       return
-    text = json.dumps(_jsonable(obj), indent=2, sort_keys=True) + '\n'
+    text = json.dumps(to_json_types(obj), indent=2, sort_keys=True) + '\n'
     _write_atomic(os.path.join(self.workdir, relpath), text)
 
   def truncate(self, after_step: int) -> None:

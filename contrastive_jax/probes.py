@@ -61,13 +61,15 @@ def normalize_features(train: np.ndarray, others: Sequence[np.ndarray], mode: st
 FEATURE_NORMS = ('none', 'l2', 'standardize')
 
 
-def parse_feature_norms(spec: str | Sequence[str]) -> tuple[str, ...]:
-  """'none' or 'none,standardize' (a grid axis, chosen on val like the LR) -> tuple."""
+def parse_feature_norms(spec: str | Sequence[str], key: str = 'config.linear.feature_norm'
+                        ) -> tuple[str, ...]:
+  """'none' or 'none,standardize' (a choice made on val, like the LR) -> tuple;
+  `key` names the config entry in the error."""
   norms = tuple(m.strip() for m in (spec.split(',') if isinstance(spec, str) else spec)
                 if m.strip())
   bad = [m for m in norms if m not in FEATURE_NORMS]
   if not norms or bad:
-    raise ValueError(f'config.linear.feature_norm={spec!r}: give one or more of '
+    raise ValueError(f'{key}={spec!r}: give one or more of '
                      f"{FEATURE_NORMS}, comma-separated (e.g. 'none,standardize').")
   return norms
 
@@ -161,7 +163,7 @@ def knn_protocol(train: tuple[Any, Any], val: tuple[Any, Any] | None,
   Returns knn_k{k}_top1 / _top5 (test), knn_feature_norm and, with a choice,
   knn_grid (val top-1 per feature_norm).
   """
-  norms = parse_feature_norms(feature_norm)
+  norms = parse_feature_norms(feature_norm, 'config.knn.feature_norm')
   if val is None and len(norms) > 1:
     raise ValueError(f'config.knn.feature_norm={feature_norm!r} asks for a choice on val, '
                      'but there is no validation split; set config.data.val_examples (or '

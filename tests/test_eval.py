@@ -324,6 +324,9 @@ def test_data_overrides_and_config_errors(pretrain_dir, idx_dir, tmp_path):
                       evaldir)
   with pytest.raises(ValueError, match='config.plot_methods'):
     eval_lib.evaluate(eval_config(pretrain_dir, idx_dir, plot_methods='pca,umap'), evaldir)
+  for key in ('linear.feature_norm', 'knn.feature_norm'):
+    with pytest.raises(ValueError, match=f'config.{key}'):
+      eval_lib.evaluate(eval_config(pretrain_dir, idx_dir, **{key: 'none,bn'}), evaldir)
   with pytest.raises(FileNotFoundError, match='config.step'):
     eval_lib.evaluate(eval_config(pretrain_dir, idx_dir, step=5), evaldir)
   with pytest.raises(FileNotFoundError, match='No checkpoint'):
