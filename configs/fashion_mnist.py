@@ -11,10 +11,10 @@ Data: the four IDX files of Debian's `dataset-fashion-mnist`
 CPU, where every step is expensive, are explained next to each value; runs
 that failed are recorded in benchmarks/NOTES.md ("Fashion-MNIST recipe").
 
-Measured on the idle 2-core CPU (quality.py, 2026-11-28, 20 px crops): 5
-minutes (476 steps) -> 86.5% linear probe / 83.9% kNN-20 test; 20 minutes
-(2001 steps) -> 87.7% / 85.1% (raw pixels: 84.9% / 84.6%). About 420
-images/s here.
+Measured on the idle 2-core CPU (quality.py, 2026-11-28, 20 px crops, probes
+choosing feature standardisation on val): 5.0 minutes (476 steps) -> 86.5%
+linear probe test; 22.0 minutes (2254 steps) -> 88.2% linear / 86.5% kNN-20
+(raw pixels: 84.9% / 86.2%). About 420-490 images/s here.
 """
 
 from contrastive_jax import config_defaults
