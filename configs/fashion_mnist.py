@@ -13,7 +13,7 @@ that failed are recorded in benchmarks/NOTES.md ("Fashion-MNIST recipe").
 
 Measured on the idle 2-core CPU (quality.py, 2026-11-28, 20 px crops, probes
 choosing feature standardisation on val): 5.0 minutes (518 steps) -> 87.4%
-linear probe / 85.2% kNN-20 test; 22.0 minutes (2254 steps) -> 88.2% / 86.5%
+linear probe / 85.2% kNN-20 test; 20.1 minutes (1975 steps) -> 87.8% / 86.4%
 (raw pixels: 84.9% / 86.2%). About 420-490 images/s here.
 """
 
