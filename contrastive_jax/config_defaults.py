@@ -49,6 +49,8 @@ def model_defaults() -> ml_collections.ConfigDict:
       stem='imagenet',             # 'imagenet' (7x7/2 + pool) | 'cifar' (3x3/1)
       stem_stride=1,               # cifar stem: 2 = 3x3/2 (4x cheaper; CPU budgets)
       sk_ratio=0.0,                # SimCLR v2 selective kernels, e.g. 0.0625
+      pool='avg',                  # h from the last map: 'avg' (global, SimCLR) |
+                                   # 'flatten' (keeps position; small centred images)
       num_proj_layers=2,           # 2 (v1) | 3 (v2)
       proj_dim=128,
       proj_hidden_dim=0,           # 0 = encoder output width
@@ -131,6 +133,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     'model.block': ('', 'basic', 'bottleneck'),
     'model.stem': ('imagenet', 'cifar'),
     'model.stem_stride': (1, 2),
+    'model.pool': ('avg', 'flatten'),
     'model.dtype': ('float32', 'bfloat16'),
     'model.conv': ('auto', 'xla', 'fast'),
     'data.source': ('embedded', 'idx', 'tfds', 'folder'),

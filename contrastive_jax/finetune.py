@@ -38,7 +38,7 @@ RESULTS_FILE = 'finetune_results.json'
 # config.model keys that define the architecture (and so must match a checkpoint).
 # dtype, conv (the convolution implementation) and BN settings are the run's own.
 ARCH_KEYS = ('depth', 'stage_sizes', 'block', 'base_width', 'width_multiplier', 'stem',
-             'stem_stride', 'sk_ratio', 'num_proj_layers', 'proj_dim', 'proj_hidden_dim')
+             'stem_stride', 'sk_ratio', 'pool', 'num_proj_layers', 'proj_dim', 'proj_hidden_dim')
 
 Batch = dict[str, jax.Array]
 # (logits, batch, augmented images, aux) -> (loss, metrics): what a step minimises.

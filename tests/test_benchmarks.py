@@ -14,6 +14,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -109,6 +111,40 @@ def test_quality_quick_fixed_steps(tmp_path):
     assert 0.0 <= row[key] <= 1.0, (key, row[key])
   config = json.loads((out / 'simclr_3steps' / 'config.json').read_text())
   assert config['temperature'] == 0.5  # --set reaches the pretraining run
+
+
+def _quality_module():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location('quality', REPO / 'benchmarks' / 'quality.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+# A stand-in binary: stops cleanly on SIGTERM, as the training loop does.
+_SLOW_BINARY = (
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *_: (print('stopped'), sys.exit(0)))\n"
+    "print('started', flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def test_quality_deadline_stops_the_run(tmp_path, monkeypatch):
+  quality = _quality_module()
+  (tmp_path / 'slow_binary.py').write_text(_SLOW_BINARY)
+  monkeypatch.setenv('PYTHONPATH', str(tmp_path))
+  log = tmp_path / 'slow.log'
+  wall = quality._run(['slow_binary'], str(log), deadline_s=3.0)
+  assert 3.0 <= wall < 30.0
+  assert log.read_text().split() == ['started', 'stopped']
+  # Without a deadline it runs to the end; a binary killed by a signal is an error.
+  (tmp_path / 'quick_binary.py').write_text("print('done')\n")
+  assert quality._run(['quick_binary'], str(log)) < 30.0
+  assert log.read_text() == 'done\n'
+  (tmp_path / 'killed_binary.py').write_text('import os, signal; os.kill(os.getpid(), signal.SIGKILL)\n')
+  with pytest.raises(RuntimeError, match='exit status -9'):
+    quality._run(['killed_binary'], str(log))
 
 
 def test_semi_supervised_quick_parallel(tmp_path):

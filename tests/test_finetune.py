@@ -117,6 +117,24 @@ def test_ft_proj_selector_sets_the_classifier_input_width():
   assert widths == {0: (16, 10), 1: (24, 10), 2: (12, 10), -1: (12, 10)}
   with pytest.raises(ValueError, match='ft_proj_selector'):
     classifier_lib.build_classifier(model_cfg, 10, ft_proj_selector=3)
+  # pool='flatten': h is the last 4x4x16 map of an 8 px input.
+  model_cfg.pool = 'flatten'
+  for selector, width in ((0, 256), (1, 24)):
+    model = classifier_lib.build_classifier(model_cfg, 10, ft_proj_selector=selector)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
+    assert variables['params']['classifier']['dense']['kernel'].shape == (width, 10)
+    assert classifier_lib.feature_width(model_cfg, selector, image_size=8) == width
+
+
+def test_the_architecture_comes_from_the_pretrain_run(tmp_path):
+  run_model = tiny_model_config()
+  run_model.update(dict(stage_sizes=(1, 1, 1), base_width=4, stem_stride=2, pool='flatten',
+                        proj_hidden_dim=32, dtype='bfloat16'))
+  (tmp_path / 'config.json').write_text(json.dumps({'model': run_model.to_dict()}))
+  config = finetune.resolve_config(ft_config(str(tmp_path)))
+  for key in finetune.ARCH_KEYS:
+    assert config.model[key] == run_model[key], key
+  assert config.model.dtype == 'float32'   # the fine-tune's own, not an ARCH_KEY
 
 
 def test_restored_encoder_equals_the_pretrain_checkpoint(pretrain_dir):

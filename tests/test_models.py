@@ -516,3 +516,27 @@ def test_cifar_stem_stride_two_halves_the_feature_maps():
                                         capture_intermediates=True), x)
     shapes[stride] = state['intermediates']['stem_conv']['__call__'][0].shape
   assert shapes[1] == (2, 28, 28, 8) and shapes[2] == (2, 14, 14, 8)
+
+
+def test_flatten_pool_keeps_the_last_map_and_avg_is_its_mean():
+  # Pooling has no parameters: the same variables serve both encoders.
+  flat = models.build_encoder(_tiny(pool='flatten'))
+  avg = models.build_encoder(_tiny(pool='avg'))
+  x = _images(n=3, side=8)
+  variables = _random_variables(avg, x.shape)
+  (h_flat, state), h_avg = (
+      flat.apply(variables, x, train=False, capture_intermediates=True),
+      avg.apply(variables, x, train=False))
+  last = state['intermediates']['stage2_block1']['__call__'][0]   # [3, 4, 4, 16]
+  assert last.shape == (3, 4, 4, 16) and h_flat.shape == (3, 256)
+  np.testing.assert_array_equal(np.asarray(h_flat), np.asarray(last).reshape(3, -1))
+  np.testing.assert_allclose(np.asarray(h_flat).reshape(3, 4, 4, 16).mean(axis=(1, 2)),
+                             np.asarray(h_avg), rtol=1e-5, atol=1e-6)
+  # h's width follows the input size; encoder_width needs it to say so.
+  assert models.encoder_width(_tiny(pool='avg')) == 16
+  assert models.encoder_width(_tiny(pool='flatten'), image_size=8) == 256
+  assert models.encoder_width(_tiny(pool='flatten'), image_size=16) == 1024
+  with pytest.raises(ValueError, match='image_size'):
+    models.encoder_width(_tiny(pool='flatten'))
+  with pytest.raises(ValueError, match='pool'):
+    models.build_encoder(_tiny(pool='max')).init(KEY, x, train=False)

@@ -102,16 +102,29 @@ def build_encoder(model_cfg: ml_collections.ConfigDict,
   return ResNet(
       stage_sizes=stage_sizes, block=block, base_width=model_cfg.base_width,
       width_multiplier=model_cfg.width_multiplier, stem=model_cfg.stem,
-      stem_stride=model_cfg.get('stem_stride', 1), sk_ratio=model_cfg.sk_ratio, dtype=_dtype(model_cfg),
+      stem_stride=model_cfg.get('stem_stride', 1), sk_ratio=model_cfg.sk_ratio,
+      pool=model_cfg.get('pool', 'avg'), dtype=_dtype(model_cfg),
       bn_momentum=model_cfg.bn_momentum, bn_epsilon=model_cfg.bn_epsilon,
       conv_cls=conv_cls)
 
 
-def encoder_width(model_cfg: ml_collections.ConfigDict) -> int:
-  """Width of h for config.model (2048 for ResNet-50 1x)."""
-  stage_sizes, block = resolve_architecture(model_cfg)
-  return feature_width(stage_sizes, block, model_cfg.base_width,
-                       model_cfg.width_multiplier)
+def encoder_width(model_cfg: ml_collections.ConfigDict, image_size: int | None = None) -> int:
+  """Width of h for config.model (2048 for ResNet-50 1x).
+
+  With pool='flatten' h is the whole last feature map, so its width depends
+  on the input side: pass `image_size`.
+  """
+  if model_cfg.get('pool', 'avg') == 'avg':
+    stage_sizes, block = resolve_architecture(model_cfg)
+    return feature_width(stage_sizes, block, model_cfg.base_width,
+                         model_cfg.width_multiplier)
+  if not image_size:
+    raise ValueError(f"config.model.pool={model_cfg.pool!r} makes h's width depend on the "
+                     'input size; pass image_size (config.data.image_size).')
+  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  h, _ = jax.eval_shape(lambda x: build_encoder(model_cfg).init_with_output(
+      jax.random.PRNGKey(0), x, train=False), x)
+  return int(h.shape[-1])
 
 
 def build_model(model_cfg: ml_collections.ConfigDict, num_classes: int,

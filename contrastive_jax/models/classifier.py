@@ -131,15 +131,16 @@ def kept_projection_layers(model_cfg: ml_collections.ConfigDict, ft_proj_selecto
   return keep
 
 
-def feature_width(model_cfg: ml_collections.ConfigDict, ft_proj_selector: int) -> int:
-  """Width of the classifier's input for this model config and selector."""
+def feature_width(model_cfg: ml_collections.ConfigDict, ft_proj_selector: int,
+                  image_size: int | None = None) -> int:
+  """Width of the classifier's input for this model config and selector
+  (image_size: needed with config.model.pool='flatten', see encoder_width)."""
   keep = kept_projection_layers(model_cfg, ft_proj_selector)
-  width = encoder_width(model_cfg)
-  if keep == 0:
-    return width
   if keep == model_cfg.num_proj_layers:
     return int(model_cfg.proj_dim)
-  return int(model_cfg.proj_hidden_dim) or width
+  if keep > 0 and model_cfg.proj_hidden_dim:
+    return int(model_cfg.proj_hidden_dim)
+  return encoder_width(model_cfg, image_size)
 
 
 def build_classifier(model_cfg: ml_collections.ConfigDict, num_classes: int, *,

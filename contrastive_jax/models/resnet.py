@@ -45,6 +45,10 @@ DEPTHS: dict[int, tuple[tuple[int, ...], str]] = {
 
 BLOCKS = ('basic', 'bottleneck')
 STEMS = ('imagenet', 'cifar')
+# How the last feature map becomes h: 'avg' = global average (ResNet, SimCLR);
+# 'flatten' = the whole [H, W, C] map, so h keeps where things are (an
+# extension for small, centred images; configs/fashion_mnist.py says why).
+POOLS = ('avg', 'flatten')
 
 # He init (variance scaling 2.0, fan-in, truncated normal). Every conv is
 # followed by BN, so the scale only sets the initial weight norm, not the
@@ -78,7 +82,7 @@ def bottleneck_expansion(block: str) -> int:
 
 def feature_width(stage_sizes: Sequence[int], block: str, base_width: int = 64,
                   width_multiplier: int = 1) -> int:
-  """Width of h (the globally pooled output) for this architecture."""
+  """Width of h with pool='avg' (the globally pooled output)."""
   return (base_width * width_multiplier * 2 ** (len(stage_sizes) - 1)
           * bottleneck_expansion(block))
 
@@ -204,7 +208,10 @@ class BottleneckBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-  """ResNet v1 encoder; `__call__(x, train)` -> h [N, feature_width] (float32).
+  """ResNet v1 encoder; `__call__(x, train)` -> h [N, D] (float32).
+
+  D = feature_width(...) with pool='avg'; with pool='flatten' D = H*W*C of
+  the last feature map, which depends on the input size.
 
   Stage i has `base_width * 2**i * width_multiplier` filters (x4 out for
   bottlenecks); stage 0 has stride 1, the others stride 2. `dtype` is the
@@ -223,6 +230,7 @@ class ResNet(nn.Module):
   # deviation from the recipe's 3x3/1 stem used by configs/fashion_mnist.py.
   stem_stride: int = 1
   sk_ratio: float = 0.0
+  pool: str = 'avg'
   dtype: Any = jnp.float32
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
@@ -234,6 +242,8 @@ class ResNet(nn.Module):
       raise ValueError(f'ResNet block={self.block!r}; choose one of {BLOCKS}.')
     if self.stem not in STEMS:
       raise ValueError(f'ResNet stem={self.stem!r}; choose one of {STEMS}.')
+    if self.pool not in POOLS:
+      raise ValueError(f'ResNet pool={self.pool!r}; choose one of {POOLS}.')
     conv = functools.partial(self.conv_cls, use_bias=False, dtype=self.dtype,
                              param_dtype=jnp.float32, kernel_init=conv_kernel_init)
     norm = functools.partial(nn.BatchNorm, momentum=self.bn_momentum,
@@ -270,7 +280,10 @@ class ResNet(nn.Module):
             conv=conv, norm=norm, sk_ratio=self.sk_ratio,
             name=f'stage{i + 1}_block{j + 1}')(x, train)
     # Pool in float32 so a bf16 network still gives an accurate h.
-    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    x = x.astype(jnp.float32)
+    if self.pool == 'flatten':
+      return x.reshape(x.shape[0], -1)
+    return jnp.mean(x, axis=(1, 2))
 
 
 def resnet_from_depth(depth: int, **kwargs: Any) -> ResNet:
