@@ -15,6 +15,7 @@ passes its `PreemptionFlag.should_stop`).
 
 from __future__ import annotations
 
+import collections
 import signal
 import threading
 import time
@@ -86,6 +87,10 @@ class MetricsFlusher:
     self.last = metrics
 
 
+# Steps dispatched but not finished, at most (see run_steps).
+MAX_STEPS_IN_FLIGHT = 2
+
+
 def run_steps(state: Any, step_fn: Callable[..., tuple[Any, Any]],
               batches: Iterator[Mapping[str, np.ndarray]], *, mesh,
               start_step: int, total_steps: int, log_every: int, checkpoint_every: int,
@@ -101,9 +106,17 @@ def run_steps(state: Any, step_fn: Callable[..., tuple[Any, Any]],
   """
   step = start_step
   end_step = min(stop_at_step or total_steps, total_steps)
+  in_flight: collections.deque = collections.deque()
   while step < end_step:
     batch = parallel.global_batch(next(batches), mesh)
     state, metrics = step_fn(state, batch, *step_args)
+    # Dispatch is asynchronous: unchecked, the host ran up to a log interval
+    # (~35 steps, 21 s on the CPU) ahead of the device, and a stop (SIGTERM,
+    # a deadline) waited for all of them before its checkpoint. One step
+    # queued behind the running one keeps the device busy.
+    in_flight.append(metrics)
+    if len(in_flight) > MAX_STEPS_IN_FLIGHT:
+      jax.block_until_ready(in_flight.popleft())
     flusher.flush()  # the previous log step's values are ready by now
     step += 1
     if step % log_every == 0 or step == total_steps:
