@@ -11,10 +11,11 @@ Data: the four IDX files of Debian's `dataset-fashion-mnist`
 CPU, where every step is expensive, are explained next to each value; runs
 that failed are recorded in benchmarks/NOTES.md ("Fashion-MNIST recipe").
 
-Measured on the idle 2-core CPU (quality.py, 2026-11-28, 20 px crops, probes
-choosing feature standardisation on val): 5.0 minutes (518 steps) -> 87.4%
-linear probe / 85.2% kNN-20 test; 20.1 minutes (1975 steps) -> 87.8% / 86.4%
-(raw pixels: 84.9% / 86.2%). About 420-490 images/s here.
+Measured on the idle 2-core CPU (`python benchmarks/quality.py --budgets
+5,20`, 2026-11-28, commit 3350459, probes choosing feature standardisation
+on val): 4.9 minutes (455 steps) -> 89.6% linear probe / 87.4% kNN-20 test;
+19.9 minutes (1911 steps) -> 90.3% / 87.98% (raw pixels: 84.9% / 86.2%;
+random-init encoder: 83.2% / 80.4%). About 370-490 images/s here.
 """
 
 from contrastive_jax import config_defaults
@@ -60,7 +61,8 @@ def get_config(arg: str | None = None):
   # global average: a deviation from SimCLR's ResNet for small, centred
   # images, where where-a-part-is carries the class (sleeve vs strap) and
   # global pooling throws it away. 5-minute runs: avg 87.4% linear / 85.2%
-  # kNN-20 test, flatten 89.8% / 87.5% (benchmarks/NOTES.md, idea 6).
+  # kNN-20 test, flatten 89.8% / 87.5%; 20 minutes: avg 87.8% / 86.4%,
+  # flatten 90.3% / 87.98% (benchmarks/NOTES.md, idea 6).
   config.model.pool = 'flatten'
   config.model.num_proj_layers = 2
   # The head's hidden layer stays 256 wide (h's width with avg pooling), so
