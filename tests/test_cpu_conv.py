@@ -179,15 +179,19 @@ def test_unsupported_function_cases_fall_back_to_xla():
            lax.conv_general_dilated(xx, ww, (1, 1), ((1, 1), (1, 1)), **kw))
 
 
-def test_sharded_batch_under_jit():
-  """Batch sharded over the 8 simulated CPU devices, as in training."""
+@pytest.mark.parametrize('k,stride', [(3, 1), (3, 2), (1, 2)])
+def test_sharded_batch_under_jit(k, stride):
+  """Batch sharded over the 8 simulated CPU devices (Explicit mesh axes), as in
+  training; strided convs take the polyphase input gradient, 1x1/2 with its
+  all-zero phases."""
   devices = jax.devices()
   mesh = jax.make_mesh((len(devices),), ('data',), devices=devices)
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
-  x, w, dy = _inputs(2 * len(devices), 6, 6, 4, 5, 3, 1, seed=9)
-  want = _value_and_grads(functools.partial(_ref_conv, strides=(1, 1), padding='SAME'),
+  x, w, dy = _inputs(2 * len(devices), 6, 6, 4, 5, k, stride, seed=9)
+  strides = (stride, stride)
+  want = _value_and_grads(functools.partial(_ref_conv, strides=strides, padding='SAME'),
                           x, w, dy)
-  fast = functools.partial(_fast_conv, strides=(1, 1), padding='SAME', chunk_bytes=2000)
+  fast = functools.partial(_fast_conv, strides=strides, padding='SAME', chunk_bytes=2000)
   got = jax.jit(_value_and_grads, static_argnums=0)(
       fast, jax.device_put(x, sharding), w, jax.device_put(dy, sharding))
   for g, r in zip(got, want):
@@ -207,23 +211,27 @@ def test_other_wgrad_choices_match(wgrad):
     _fast_conv(x, w, (1, 1), 'SAME', wgrad='eigen')
 
 
-def test_auto_wgrad_policy():
-  flag = '--xla_cpu_experimental_ynn_fusion_type'
-  assert not cpu_conv.xla_convs_use_eigen('')
-  assert not cpu_conv.xla_convs_use_eigen('--xla_force_host_platform_device_count=8')
-  assert cpu_conv.xla_convs_use_eigen(f'{flag}=-individual_convolution')
-  assert cpu_conv.xla_convs_use_eigen(cpu_conv.EIGEN_CONV_XLA_FLAG)
-  assert cpu_conv.xla_convs_use_eigen(f'--a=1 {flag}=individual_dot')
-  assert not cpu_conv.xla_convs_use_eigen(f'{flag}=individual_dot,individual_convolution')
-  assert not cpu_conv.xla_convs_use_eigen(f'{flag}=+eltwise')
-  # YNNPACK convolutions (default): always ours.
-  assert cpu_conv.use_fast_weight_grad((3, 3), (1, 1), (4, 4), 512, eigen=False)
-  # Eigen convolutions: XLA's for small maps with many channels, ours otherwise.
-  assert not cpu_conv.use_fast_weight_grad((3, 3), (1, 1), (8, 8), 256, eigen=True)
-  assert not cpu_conv.use_fast_weight_grad((3, 3), (2, 2), (14, 14), 256, eigen=True)
-  assert cpu_conv.use_fast_weight_grad((3, 3), (1, 1), (32, 32), 64, eigen=True)
-  assert cpu_conv.use_fast_weight_grad((1, 1), (2, 2), (8, 8), 256, eigen=True)
-  assert cpu_conv.use_fast_weight_grad((7, 7), (2, 2), (224, 224), 3, eigen=True)
+@pytest.mark.parametrize('strides', [(2, 2), (3, 3), (2, 1), (1, 3)])
+@pytest.mark.parametrize('k', [1, 2, 3, 4, 7])
+def test_polyphase_input_grad_float64(strides, k):
+  """strided_input_grad = XLA's transpose in float64, for every padding kind
+  (SAME, VALID, asymmetric explicit, zero) and odd/even sizes."""
+  rng = np.random.default_rng(k * 10 + strides[0])
+  with jax.enable_x64(True):
+    for h, wd in [(7, 8), (9, 6)]:
+      for padding in ['SAME', 'VALID', ((2, 1), (0, 3)), ((0, 0), (1, 0))]:
+        pads = cpu_conv._explicit_pads(padding, (h, wd), (k, k), strides)
+        x = rng.standard_normal((2, h, wd, 3))
+        w = rng.standard_normal((k, k, 3, 4))
+        y, vjp = jax.vjp(lambda x_: _ref_conv(x_, w, strides, pads), x)
+        dy = rng.standard_normal(y.shape)
+        got = cpu_conv.conv_input_grad(jnp.asarray(dy), jnp.asarray(w), x.shape,
+                                       strides, pads, method='polyphase')
+        assert got.dtype == jnp.float64
+        np.testing.assert_allclose(np.asarray(got), np.asarray(vjp(dy)[0]),
+                                   rtol=1e-12, atol=1e-12)
+  with pytest.raises(ValueError, match='input-gradient method'):
+    cpu_conv.conv_input_grad(dy, w, x.shape, strides, pads, method='dilated')
 
 
 def test_scheme_choice():

@@ -28,8 +28,8 @@ swaps `conv_general_dilated`), so the parameter tree ('kernel' [kh,kw,cin,cout],
 optional 'bias') and the auto-generated module names ('Conv_0', ...) are
 identical and checkpoints are interchangeable. Cases the custom VJP does not
 cover (dilation, feature groups, non-NHWC layouts, non-2-D) fall back to lax.
-Per layer, wgrad='auto' keeps XLA's own wgrad where it measured faster (only
-when XLA_FLAGS put XLA's convolutions on Eigen, see use_fast_weight_grad).
+The input gradient of a strided conv is rewritten too (strided_input_grad:
+one stride-1 conv per input phase instead of XLA's conv over zero-dilated dy).
 Use `conv_cls_for_backend()` to pick the class only on CPU: accelerators keep
 XLA's native convolution.
 """
@@ -37,8 +37,6 @@ XLA's native convolution.
 from __future__ import annotations
 
 import functools
-import os
-import re
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -233,14 +231,86 @@ def _lax_conv(x, w, strides, pads, precision=None):
                                   precision=precision)
 
 
+def _phase_taps(k: int, stride: int, pad_lo: int, phase: int) -> tuple[int, int, int]:
+  """For input rows r = stride*i + phase: (first tap k0, tap count m, dy offset).
+
+  Forward: y[h] = sum_k x_pad[stride*h + k] w[k], so row r of dx collects
+  dy[h] w[k] over stride*h + k - pad_lo = r: the taps k = k0, k0 + stride, ...
+  with k0 = (phase + pad_lo) mod stride, and h = i + q - j for tap k0 +
+  stride*j, q = (phase + pad_lo - k0) / stride. Reversed, that is a stride-1
+  correlation of dy, starting at offset q - (m - 1), with m taps.
+  """
+  k0 = (phase + pad_lo) % stride
+  m = max(0, -(-(k - k0) // stride))
+  q = (phase + pad_lo - k0) // stride
+  return k0, m, q - (m - 1)
+
+
+def strided_input_grad(dy: jax.Array, w: jax.Array, x_shape: Sequence[int],
+                       strides: tuple[int, int], pads: Pads) -> jax.Array:
+  """dL/dx of a strided conv as stride-1 convolutions, one per input phase.
+
+  XLA writes this gradient as a convolution over dy dilated with zeros
+  (lhs_dilation = stride), which Eigen runs on the zero-inserted map:
+  12.7 GFLOP/s for ResNet-18's 3x3/2 64->128 layer at batch 512, 0.76 s of
+  a 9.7 s step (benchmarks/NOTES.md, idea 17). Splitting dx into its
+  stride x stride phases (rows r = stride*i + a, columns stride*j + b) gives
+  for each phase an ordinary stride-1 VALID convolution of dy with the taps
+  of w that land on that phase (2x2, 2x1, 1x2 and 1x1 of a 3x3/2 kernel):
+  the same multiply-adds as the nominal count, on the fast stride-1 path.
+  The phases are then interleaved back into [N, H, W, C].
+  """
+  n, h, wd, c = x_shape
+  kh, kw = w.shape[:2]
+  sh, sw = strides
+  oh, ow = dy.shape[1:3]
+  ni, nj = -(-h // sh), -(-wd // sw)   # rows / columns per phase, padded up
+  w_t = w.transpose(0, 1, 3, 2)        # [kh, kw, O, C]: dy's channels in, dx's out
+  # Under a mesh with Explicit axes the merging reshape needs its output
+  # sharding spelled out: dx is batch-sharded like dy.
+  sharding = getattr(jax.typeof(dy), 'sharding', None)
+  spec = getattr(sharding, 'spec', ())
+  same_sharding = {'out_sharding': sharding} if any(p is not None for p in spec) else {}
+  phases = []
+  for a in range(sh):
+    k0h, mh, offh = _phase_taps(kh, sh, pads[0][0], a)
+    row = []
+    for b in range(sw):
+      k0w, mw, offw = _phase_taps(kw, sw, pads[1][0], b)
+      if mh == 0 or mw == 0:           # no tap reaches this phase (e.g. 1x1/2)
+        row.append(jnp.zeros((n, ni, nj, c), dy.dtype, **same_sharding))
+        continue
+      v = w_t[k0h::sh, k0w::sw][:mh, :mw][::-1, ::-1]
+      # lax.pad with negative widths crops: dy rows offh .. offh + ni + mh - 2.
+      dyp = lax.pad(dy, jnp.zeros((), dy.dtype),
+                    ((0, 0, 0), (-offh, ni + offh + mh - 1 - oh, 0),
+                     (-offw, nj + offw + mw - 1 - ow, 0), (0, 0, 0)))
+      row.append(_lax_conv(dyp, v, (1, 1), ((0, 0), (0, 0))))
+    phases.append(jnp.stack(row, axis=3))            # [n, ni, nj, sw, c]
+  dx = jnp.stack(phases, axis=2)                     # [n, ni, sh, nj, sw, c]
+  dx = lax.reshape(dx, (n, ni * sh, nj * sw, c), out_sharding=same_sharding.get('out_sharding'))
+  return dx[:, :h, :wd]
+
+
 def conv_input_grad(dy: jax.Array, w: jax.Array, x_shape: Sequence[int],
                     strides: tuple[int, int], pads: Pads,
-                    flipped: bool = False) -> jax.Array:
-  """dL/dx. Default: XLA's transpose of the convolution. `flipped=True` (stride
-  1 only) writes it as a forward conv with the spatially flipped, in/out-
-  swapped kernel, which is what XLA emits anyway (measured equal, NOTES.md)."""
+                    method: str = 'auto') -> jax.Array:
+  """dL/dx.
+
+  method: 'xla' = XLA's transpose of the convolution; 'flipped' (stride 1
+  only) = a forward conv with the spatially flipped, in/out-swapped kernel,
+  which is what XLA emits anyway (measured equal, NOTES.md idea 16);
+  'polyphase' (strided_input_grad); 'auto' = polyphase for strided convs,
+  XLA's otherwise.
+  """
+  if method not in ('auto', 'xla', 'flipped', 'polyphase'):
+    raise ValueError(f"input-gradient method must be 'auto', 'xla', 'flipped' or "
+                     f"'polyphase', got {method!r}")
+  strided = tuple(strides) != (1, 1)
+  if method == 'polyphase' or (method == 'auto' and strided):
+    return strided_input_grad(dy, w, x_shape, strides, pads)
   kh, kw = w.shape[:2]
-  if flipped and strides == (1, 1):
+  if method == 'flipped' and not strided:
     dpads = ((kh - 1 - pads[0][0], kh - 1 - pads[0][1]),
              (kw - 1 - pads[1][0], kw - 1 - pads[1][1]))
     if min(min(p) for p in dpads) >= 0:
@@ -257,39 +327,6 @@ def xla_weight_grad(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int],
   w_shape = jax.ShapeDtypeStruct(tuple(kernel_hw) + (x.shape[-1], c_out), x.dtype)
   (dw,) = jax.linear_transpose(lambda w: _lax_conv(x, w, strides, pads), w_shape)(dy)
   return dw
-
-
-def xla_convs_use_eigen(xla_flags: str | None = None) -> bool:
-  """Whether XLA_FLAGS move XLA:CPU's convolutions from YNNPACK (the default
-  of this jaxlib) to the Eigen path, i.e. contain
-  --xla_cpu_experimental_ynn_fusion_type=-individual_convolution (or an exact
-  list without individual_convolution)."""
-  flags = os.environ.get('XLA_FLAGS', '') if xla_flags is None else xla_flags
-  m = re.findall(r'--xla_cpu_experimental_ynn_fusion_type=(\S*)', flags)
-  if not m:
-    return False
-  items = [v for v in m[-1].split(',') if v]
-  if items and all(v[0] in '+-' for v in items):
-    return '-individual_convolution' in items
-  return 'individual_convolution' not in items
-
-
-def use_fast_weight_grad(kernel_hw: tuple[int, int], strides: tuple[int, int],
-                         in_hw: tuple[int, int], c_in: int,
-                         eigen: bool | None = None) -> bool:
-  """The 'auto' wgrad choice for one conv geometry (benchmarks/NOTES.md).
-
-  With XLA's default YNNPACK convolutions, our wgrad measured faster on every
-  ResNet-18 CIFAR / ResNet-50 layer shape at batch 128 (1.0-12x), so always.
-  With convolutions on Eigen (xla_convs_use_eigen()), Eigen's wgrad beats ours
-  by 5-40% on small feature maps with many channels (8x8x256, 4x4x512,
-  14x14x256), so there XLA's is kept; ours stays for 1x1 convs, RGB stems
-  (C < 16) and inputs >= 16 px (tie at 16x16x128, ours +30% at 32x32x64).
-  """
-  eigen = xla_convs_use_eigen() if eigen is None else eigen
-  if not eigen:
-    return True
-  return kernel_hw[0] * kernel_hw[1] == 1 or c_in < 16 or min(in_hw) >= 16
 
 
 # XLA_FLAGS entry that moves XLA:CPU's convolutions from YNNPACK to Eigen while
@@ -318,9 +355,6 @@ def _conv_bwd(strides, pads, precision, chunk_bytes, wgrad, res, dy):
   dy = dy.astype(x.dtype)
   dx = conv_input_grad(dy, w, x.shape, strides, pads).astype(x.dtype)
   kernel_hw = w.shape[:2]
-  if wgrad == 'auto':
-    wgrad = 'fast' if use_fast_weight_grad(kernel_hw, strides, x.shape[1:3],
-                                           x.shape[-1]) else 'xla'
   if wgrad == 'xla':
     dw = xla_weight_grad(x, dy, kernel_hw, strides, pads, w.shape[-1])
   else:
@@ -368,8 +402,11 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array,
   without dilation/groups get the custom VJP; anything else goes to lax
   unchanged.
 
-  wgrad: 'fast' (conv_weight_grad), 'xla' (XLA's own; the custom VJP is then
-  only a pass-through) or 'auto' (use_fast_weight_grad per layer geometry).
+  wgrad: 'fast' (conv_weight_grad), 'xla' (XLA's own weight gradient) or
+  'auto' (= 'fast'). Until 2026-12-01 'auto' kept XLA's (Eigen) wgrad on maps
+  under 16 px, where it wins in isolation; inside the whole ResNet-18 step
+  ours was faster there too (7.4-7.7 vs 7.9-9.2 s; Eigen's layout transposes
+  fused the recomputed BatchNorm/ReLU chain, 0.4 s; NOTES.md idea 18).
   """
   if wgrad not in ('auto', 'fast', 'xla'):
     raise ValueError(f"wgrad must be 'auto', 'fast' or 'xla', got {wgrad!r}")
