@@ -35,8 +35,8 @@ def xla_conv(x, w, s):
 
 
 def our_conv(x, w, s, chunk_bytes=cpu_conv.DEFAULT_CHUNK_BYTES, wgrad='fast'):
-  """wgrad='fast' always times our weight gradient (not the per-layer 'auto'
-  choice, which may pick XLA's)."""
+  """Our weight gradient (wgrad='fast', what 'auto' now picks too) and, for
+  strided convs, the polyphase input gradient."""
   return cpu_conv.conv_general_dilated(x, w, (s, s), 'SAME', dimension_numbers=DN,
                                        chunk_bytes=chunk_bytes, wgrad=wgrad)
 
