@@ -251,9 +251,9 @@ def strided_input_grad(dy: jax.Array, w: jax.Array, x_shape: Sequence[int],
   """dL/dx of a strided conv as stride-1 convolutions, one per input phase.
 
   XLA writes this gradient as a convolution over dy dilated with zeros
-  (lhs_dilation = stride), which Eigen runs on the zero-inserted map:
-  12.7 GFLOP/s for ResNet-18's 3x3/2 64->128 layer at batch 512, 0.76 s of
-  a 9.7 s step (benchmarks/NOTES.md, idea 17). Splitting dx into its
+  (lhs_dilation = stride), which Eigen runs on the zero-inserted map: 286 ms
+  (68 GFLOP/s) for ResNet-18's 3x3/2 64->128 layer at batch 512, against
+  129 ms this way (benchmarks/NOTES.md, idea 17). Splitting dx into its
   stride x stride phases (rows r = stride*i + a, columns stride*j + b) gives
   for each phase an ordinary stride-1 VALID convolution of dy with the taps
   of w that land on that phase (2x2, 2x1, 1x2 and 1x1 of a 3x3/2 kernel):
@@ -405,8 +405,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array,
   wgrad: 'fast' (conv_weight_grad), 'xla' (XLA's own weight gradient) or
   'auto' (= 'fast'). Until 2026-12-01 'auto' kept XLA's (Eigen) wgrad on maps
   under 16 px, where it wins in isolation; inside the whole ResNet-18 step
-  ours was faster there too (7.4-7.7 vs 7.9-9.2 s; Eigen's layout transposes
-  fused the recomputed BatchNorm/ReLU chain, 0.4 s; NOTES.md idea 18).
+  ours was faster there too (7.4-7.7 vs 7.9-9.2 s per step: the transposes
+  into Eigen's layout recompute the BatchNorm/ReLU chain; NOTES.md idea 18).
   """
   if wgrad not in ('auto', 'fast', 'xla'):
     raise ValueError(f"wgrad must be 'auto', 'fast' or 'xla', got {wgrad!r}")
