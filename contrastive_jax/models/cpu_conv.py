@@ -246,49 +246,64 @@ def _phase_taps(k: int, stride: int, pad_lo: int, phase: int) -> tuple[int, int,
   return k0, m, q - (m - 1)
 
 
+def _phase_kernel_index(k: int, stride: int, pad_lo: int) -> tuple[np.ndarray, int]:
+  """Per window position t and phase a, the tap of w it multiplies (-1: none),
+  and the offset of the window's first dy row.
+
+  Every phase's taps are read through one common window of dy rows
+  i + lo .. i + lo + T - 1, so that all phases come out of one convolution.
+  """
+  taps = [_phase_taps(k, stride, pad_lo, a) for a in range(stride)]
+  lo = min(off for _, m, off in taps if m)
+  hi = max(off + m - 1 for _, m, off in taps if m)
+  index = np.full((hi - lo + 1, stride), -1)
+  for a, (k0, m, off) in enumerate(taps):
+    for j in range(m):
+      index[off - lo + j, a] = k0 + stride * (m - 1 - j)
+  return index, lo
+
+
 def strided_input_grad(dy: jax.Array, w: jax.Array, x_shape: Sequence[int],
                        strides: tuple[int, int], pads: Pads) -> jax.Array:
-  """dL/dx of a strided conv as stride-1 convolutions, one per input phase.
+  """dL/dx of a strided conv as one stride-1 convolution over all input phases.
 
   XLA writes this gradient as a convolution over dy dilated with zeros
   (lhs_dilation = stride), which Eigen runs on the zero-inserted map: 286 ms
-  (68 GFLOP/s) for ResNet-18's 3x3/2 64->128 layer at batch 512, against
-  129 ms this way (benchmarks/NOTES.md, idea 17). Splitting dx into its
-  stride x stride phases (rows r = stride*i + a, columns stride*j + b) gives
-  for each phase an ordinary stride-1 VALID convolution of dy with the taps
-  of w that land on that phase (2x2, 2x1, 1x2 and 1x1 of a 3x3/2 kernel):
-  the same multiply-adds as the nominal count, on the fast stride-1 path.
-  The phases are then interleaved back into [N, H, W, C].
+  (68 GFLOP/s) for ResNet-18's 3x3/2 64->128 layer at batch 512
+  (benchmarks/NOTES.md, idea 17). The rows and columns of dx split into
+  stride x stride phases (rows r = stride*i + a, columns stride*j + b), and
+  each phase is a stride-1 correlation of dy with the taps of w that land on
+  it (2x2, 2x1, 1x2, 1x1 of a 3x3/2 kernel). Reading every phase through one
+  common window of dy (2x2 for 3x3/2) turns them into a single stride-1
+  convolution with stride*stride*C output channels, zero where a tap does
+  not reach a phase (16 taps computed for 9 useful), then one interleave.
+  One convolution rather than one per phase: with 8 simulated CPU devices,
+  four concurrent Eigen convolutions per layer deadlocked XLA:CPU's
+  all-reduce rendezvous in about half of the runs (NOTES.md idea 17).
   """
   n, h, wd, c = x_shape
-  kh, kw = w.shape[:2]
   sh, sw = strides
   oh, ow = dy.shape[1:3]
   ni, nj = -(-h // sh), -(-wd // sw)   # rows / columns per phase, padded up
-  w_t = w.transpose(0, 1, 3, 2)        # [kh, kw, O, C]: dy's channels in, dx's out
+  ih, loh = _phase_kernel_index(w.shape[0], sh, pads[0][0])
+  iw, low = _phase_kernel_index(w.shape[1], sw, pads[1][0])
+  # kernel[t, u, o, a, b, c] = w[ih[t, a], iw[u, b], c, o], or 0 where either is -1.
+  mask = (ih >= 0)[:, None, None, :, None, None] & (iw >= 0)[None, :, None, None, :, None]
+  wt = w.transpose(0, 1, 3, 2)[np.maximum(ih, 0)][:, :, np.maximum(iw, 0)]  # [T, a, U, b, O, C]
+  wt = jnp.where(mask, wt.transpose(0, 2, 4, 1, 3, 5), 0)                    # [T, U, O, a, b, C]
+  kernel = wt.reshape(ih.shape[0], iw.shape[0], w.shape[3], sh * sw * c)
+  # lax.pad with negative widths crops: dy rows loh .. loh + ni + T - 2.
+  dyp = lax.pad(dy, jnp.zeros((), dy.dtype),
+                ((0, 0, 0), (-loh, ni + loh + ih.shape[0] - 1 - oh, 0),
+                 (-low, nj + low + iw.shape[0] - 1 - ow, 0), (0, 0, 0)))
+  out = _lax_conv(dyp, kernel, (1, 1), ((0, 0), (0, 0)))      # [n, ni, nj, (a, b, c)]
   # Under a mesh with Explicit axes the merging reshape needs its output
   # sharding spelled out: dx is batch-sharded like dy.
   sharding = getattr(jax.typeof(dy), 'sharding', None)
   spec = getattr(sharding, 'spec', ())
-  same_sharding = {'out_sharding': sharding} if any(p is not None for p in spec) else {}
-  phases = []
-  for a in range(sh):
-    k0h, mh, offh = _phase_taps(kh, sh, pads[0][0], a)
-    row = []
-    for b in range(sw):
-      k0w, mw, offw = _phase_taps(kw, sw, pads[1][0], b)
-      if mh == 0 or mw == 0:           # no tap reaches this phase (e.g. 1x1/2)
-        row.append(jnp.zeros((n, ni, nj, c), dy.dtype, **same_sharding))
-        continue
-      v = w_t[k0h::sh, k0w::sw][:mh, :mw][::-1, ::-1]
-      # lax.pad with negative widths crops: dy rows offh .. offh + ni + mh - 2.
-      dyp = lax.pad(dy, jnp.zeros((), dy.dtype),
-                    ((0, 0, 0), (-offh, ni + offh + mh - 1 - oh, 0),
-                     (-offw, nj + offw + mw - 1 - ow, 0), (0, 0, 0)))
-      row.append(_lax_conv(dyp, v, (1, 1), ((0, 0), (0, 0))))
-    phases.append(jnp.stack(row, axis=3))            # [n, ni, nj, sw, c]
-  dx = jnp.stack(phases, axis=2)                     # [n, ni, sh, nj, sw, c]
-  dx = lax.reshape(dx, (n, ni * sh, nj * sw, c), out_sharding=same_sharding.get('out_sharding'))
+  out_sharding = sharding if any(p is not None for p in spec) else None
+  dx = out.reshape(n, ni, nj, sh, sw, c).transpose(0, 1, 3, 2, 4, 5)
+  dx = lax.reshape(dx, (n, ni * sh, nj * sw, c), out_sharding=out_sharding)
   return dx[:, :h, :wd]
 
 
