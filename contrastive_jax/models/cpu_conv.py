@@ -278,8 +278,8 @@ def strided_input_grad(dy: jax.Array, w: jax.Array, x_shape: Sequence[int],
   convolution with stride*stride*C output channels, zero where a tap does
   not reach a phase (16 taps computed for 9 useful), then one interleave.
   One convolution rather than one per phase: with 8 simulated CPU devices,
-  four concurrent Eigen convolutions per layer deadlocked XLA:CPU's
-  all-reduce rendezvous in about half of the runs (NOTES.md idea 17).
+  the four-convolution form timed out XLA:CPU's all-reduce rendezvous in 3
+  of 5 runs of the finetune pipeline test (NOTES.md idea 17).
   """
   n, h, wd, c = x_shape
   sh, sw = strides
