@@ -29,7 +29,8 @@ optional 'bias') and the auto-generated module names ('Conv_0', ...) are
 identical and checkpoints are interchangeable. Cases the custom VJP does not
 cover (dilation, feature groups, non-NHWC layouts, non-2-D) fall back to lax.
 The input gradient of a strided conv is rewritten too (strided_input_grad:
-one stride-1 conv per input phase instead of XLA's conv over zero-dilated dy).
+one stride-1 conv that yields every input phase, instead of XLA's conv over
+zero-dilated dy).
 Use `conv_cls_for_backend()` to pick the class only on CPU: accelerators keep
 XLA's native convolution.
 """
