@@ -179,15 +179,15 @@ def test_unsupported_function_cases_fall_back_to_xla():
            lax.conv_general_dilated(xx, ww, (1, 1), ((1, 1), (1, 1)), **kw))
 
 
-@pytest.mark.parametrize('k,stride', [(3, 1), (3, 2), (1, 2)])
-def test_sharded_batch_under_jit(k, stride):
+@pytest.mark.parametrize('k,stride,hw', [(3, 1, 6), (3, 2, 6), (1, 2, 6), (3, 1, 2)])
+def test_sharded_batch_under_jit(k, stride, hw):
   """Batch sharded over the 8 simulated CPU devices (Explicit mesh axes), as in
   training; strided convs take the polyphase input gradient, 1x1/2 with its
-  all-zero phases."""
+  all-zero phases, a 2x2 map the small-map matmul."""
   devices = jax.devices()
   mesh = jax.make_mesh((len(devices),), ('data',), devices=devices)
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
-  x, w, dy = _inputs(2 * len(devices), 6, 6, 4, 5, k, stride, seed=9)
+  x, w, dy = _inputs(2 * len(devices), hw, hw, 4, 5, k, stride, seed=9)
   strides = (stride, stride)
   want = _value_and_grads(functools.partial(_ref_conv, strides=strides, padding='SAME'),
                           x, w, dy)
@@ -232,6 +232,39 @@ def test_polyphase_input_grad_float64(strides, k):
                                    rtol=1e-12, atol=1e-12)
   with pytest.raises(ValueError, match='input-gradient method'):
     cpu_conv.conv_input_grad(dy, w, x.shape, strides, pads, method='dilated')
+
+
+@pytest.mark.parametrize('k,strides,hw,padding', [
+    (3, (1, 1), (2, 2), 'SAME'), (3, (2, 2), (2, 2), 'SAME'), (3, (1, 1), (1, 1), 'SAME'),
+    (3, (1, 1), (2, 4), 'SAME'), (3, (2, 1), (1, 8), 'SAME'), (5, (1, 1), (4, 4), 'SAME'),
+    (7, (2, 2), (4, 4), 'SAME'), (3, (1, 1), (2, 2), ((2, 0), (1, 2))),
+    (3, (1, 1), (1, 3), ((1, 1), (0, 0)))])
+def test_small_map_conv_float64(k, strides, hw, padding):
+  """Maps with fewer pixels than kernel taps (where XLA:CPU's conv is ~50x
+  slower) take small_map_conv: value and both gradients equal XLA's in float64."""
+  rng = np.random.default_rng(k + hw[1])
+  with jax.enable_x64(True):
+    x = jnp.asarray(rng.standard_normal((3, hw[0], hw[1], 4)))
+    w = jnp.asarray(rng.standard_normal((k, k, 4, 5)))
+    ref = functools.partial(_ref_conv, strides=strides, padding=padding)
+    fast = functools.partial(_fast_conv, strides=strides, padding=padding)
+    dy = jnp.asarray(rng.standard_normal(jax.eval_shape(ref, x, w).shape))
+    for g, r in zip(jax.jit(_value_and_grads, static_argnums=0)(fast, x, w, dy),
+                    _value_and_grads(ref, x, w, dy)):
+      assert g.dtype == jnp.float64
+      np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('hw,small', [((2, 2), True), ((2, 4), True), ((1, 8), True),
+                                      ((3, 3), False), ((1, 9), False), ((2, 8), False)])
+def test_small_map_rule(hw, small):
+  """The matmul form replaces exactly the convs with H*W < kh*kw (3x3: < 9
+  pixels), where XLA:CPU's conv was measured slow; larger maps keep XLA's."""
+  x = jnp.ones((2, hw[0], hw[1], 4))
+  w = jnp.ones((3, 3, 4, 5))
+  jaxpr = str(jax.make_jaxpr(
+      jax.grad(lambda x, w: _fast_conv(x, w, (1, 1), 'SAME').sum(), (0, 1)))(x, w))
+  assert ('conv_general_dilated' not in jaxpr) == small
 
 
 def test_scheme_choice():

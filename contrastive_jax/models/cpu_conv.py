@@ -30,7 +30,9 @@ identical and checkpoints are interchangeable. Cases the custom VJP does not
 cover (dilation, feature groups, non-NHWC layouts, non-2-D) fall back to lax.
 The input gradient of a strided conv is rewritten too (strided_input_grad:
 one stride-1 conv that yields every input phase, instead of XLA's conv over
-zero-dilated dy).
+zero-dilated dy). Maps with fewer pixels than the kernel has taps (a 3x3
+conv on a 2x2 map), where XLA:CPU's convolution runs ~50x below its usual
+rate, are one matmul with the kernel unrolled over the map (small_map_conv).
 Use `conv_cls_for_backend()` to pick the class only on CPU: accelerators keep
 XLA's native convolution.
 """
@@ -63,7 +65,7 @@ _NHWC_DN = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1)
 # ----------------------------------------------------------------------------
 
 def _dot_nn(a: jax.Array, b: jax.Array) -> jax.Array:
-  """a[P, R] @ b[R, Q] -> float32 [P, Q] (row-major 'NN' matmul).
+  """a[P, R] @ b[R, Q] -> [P, Q], at least float32 (row-major 'NN' matmul).
 
   XLA:CPU runs NN dots through YNNPACK; a dot contracting dim 0 of both
   operands ('TN', what NHWC data gives naturally) fell back to a ~1.5-2x slower
@@ -78,7 +80,8 @@ def _dot_nn(a: jax.Array, b: jax.Array) -> jax.Array:
     # over devices (replicated output).
     kw['out_sharding'] = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
   return lax.dot_general(a, b, (((1,), (0,)), ((), ())),
-                         preferred_element_type=jnp.float32, **kw)
+                         preferred_element_type=jnp.promote_types(a.dtype, jnp.float32),
+                         **kw)
 
 
 def choose_scheme(kernel_hw: tuple[int, int], strides: tuple[int, int], c: int, o: int,
@@ -381,6 +384,82 @@ def _conv_bwd(strides, pads, precision, chunk_bytes, wgrad, res, dy):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
+# ----------------------------------------------------------------------------
+# Maps smaller than the kernel.
+# ----------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _small_map_taps(in_hw: tuple[int, int], k_hw: tuple[int, int],
+                    strides: tuple[int, int], pads: Pads) -> np.ndarray:
+  """taps[q, p, t] = 1 where input pixel q meets output pixel p through tap t."""
+  (h, w), (kh, kw), (sh, sw) = in_hw, k_hw, strides
+  oh = max((h + pads[0][0] + pads[0][1] - kh) // sh + 1, 0)
+  ow = max((w + pads[1][0] + pads[1][1] - kw) // sw + 1, 0)
+  taps = np.zeros((h, w, oh, ow, kh, kw), np.float32)
+  for oy in range(oh):
+    for ox in range(ow):
+      for i in range(kh):
+        for j in range(kw):
+          iy, ix = oy * sh + i - pads[0][0], ox * sw + j - pads[1][0]
+          if 0 <= iy < h and 0 <= ix < w:
+            taps[iy, ix, oy, ox, i, j] = 1
+  return taps.reshape(h * w, oh * ow, kh * kw)
+
+
+def _unrolled_kernel(w: jax.Array, taps: np.ndarray, precision: Any) -> jax.Array:
+  kh, kw, c, o = w.shape
+  q, p, _ = taps.shape
+  return jnp.einsum('qpt,tco->qcpo', taps.astype(w.dtype), w.reshape(kh * kw, c, o),
+                    precision=precision).reshape(q * c, p * o)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _small_map_conv(x, w, strides, pads, precision):
+  n, h, wd, _ = x.shape
+  taps = _small_map_taps((h, wd), w.shape[:2], strides, pads)
+  y = jnp.dot(x.reshape(n, -1), _unrolled_kernel(w, taps, precision), precision=precision)
+  oh = (h + pads[0][0] + pads[0][1] - w.shape[0]) // strides[0] + 1
+  return y.reshape(n, oh, -1, w.shape[3])
+
+
+def _small_map_conv_fwd(x, w, strides, pads, precision):
+  return _small_map_conv(x, w, strides, pads, precision), (x, w)
+
+
+def _small_map_conv_bwd(strides, pads, precision, res, dy):
+  x, w = res
+  n, h, wd, c = x.shape
+  kh, kw, _, o = w.shape
+  taps = _small_map_taps((h, wd), (kh, kw), strides, pads)
+  q, p, _ = taps.shape
+  dy = dy.reshape(n, p * o).astype(x.dtype)
+  dx = jnp.dot(dy, _unrolled_kernel(w, taps, precision).T, precision=precision)
+  # _dot_nn sums the batch contraction over devices when x is batch-sharded;
+  # autodiff's transpose of the forward dot cannot say how to shard it.
+  dense_grad = _dot_nn(x.reshape(n, q * c).T, dy).reshape(q, c, p, o)
+  dw = jnp.einsum('qpt,qcpo->tco', taps, dense_grad, precision=precision)
+  return dx.reshape(x.shape), dw.reshape(w.shape).astype(w.dtype)
+
+
+_small_map_conv.defvjp(_small_map_conv_fwd, _small_map_conv_bwd)
+
+
+def small_map_conv(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads,
+                   precision: Any = None) -> jax.Array:
+  """The convolution as one matmul with the kernel unrolled over the whole map.
+
+  For maps with fewer pixels than the kernel has taps (H*W < kh*kw: a 3x3 conv
+  on 2x2 or 2x4 maps, 5x5 on 4x4) XLA:CPU's convolution drops to 5-20 GFLOP/s
+  against ~300 elsewhere: 1.6 s for a 3x3 512->512 conv on 2x2 maps at batch
+  256, where this takes 9 ms (benchmarks/NOTES.md idea 21). Such a map is so
+  small that the dense [H*W*C, OH*OW*O] matrix of every (input pixel, output
+  pixel) pair, zero where no tap joins them, is a few MB, and nearly every pair
+  is joined (a 3x3 SAME conv on 2x2 joins all 16). Both gradients are matmuls
+  with the same matrix.
+  """
+  return _small_map_conv(x, w, strides, pads, precision)
+
+
 def _explicit_pads(padding: Any, in_hw: Sequence[int], k_hw: Sequence[int],
                    strides: Sequence[int]) -> Pads:
   if isinstance(padding, str):
@@ -440,6 +519,9 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array,
   pads = _explicit_pads(padding, lhs.shape[1:3], rhs.shape[:2], strides)
   if isinstance(precision, list):
     precision = tuple(precision)  # nondiff args must be hashable
+  if (lhs.shape[1] * lhs.shape[2] < rhs.shape[0] * rhs.shape[1]
+      and _small_map_taps(lhs.shape[1:3], rhs.shape[:2], strides, pads).size):
+    return small_map_conv(lhs, rhs, strides, pads, precision)
   return _conv(lhs, rhs, strides, pads, precision, int(chunk_bytes), wgrad)
 
 
