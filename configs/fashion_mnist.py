@@ -36,7 +36,9 @@ def get_config(arg: str | None = None):
   # Random-resized crops come out at 20 px (eval resizes the 28 px images to
   # 20 too): a step costs about half (~430 vs ~230 images/s here), so a budget
   # buys ~1.9x the epochs. 5-minute val linear probe: 28 px 85.8%, 20 px 87.8%,
-  # 16 px 86.3% (16 px ran no faster on this CPU: 217 images/s; NOTES.md).
+  # 16 px 86.3% (16 px then ran no faster: XLA:CPU's conv on its 2x2 last
+  # stage). With that fixed, 16 px runs 1.8x the 20 px step and still loses
+  # on val: 88.9% against 90.2% in 5 minutes (NOTES.md, recipe idea 9).
   config.data.image_size = 20
 
   # A garment is most of a 28 px frame: crops below ~1/4 of it rarely keep

@@ -279,15 +279,6 @@ def classifier_accuracy(classifier: Any, batches: Iterable[dict[str, np.ndarray]
           'classifier_examples': int(counts[2])}
 
 
-def _load_classifier(workdir: str, step: int) -> Any:
-  loader = getattr(export, 'load_classifier', None)
-  if loader is None:
-    raise NotImplementedError(
-        "config.modes='classifier' needs contrastive_jax.export.load_classifier(workdir, "
-        'step), which this version does not have yet; use --config.modes=linear,knn.')
-  return loader(workdir, step=step)
-
-
 # ---------------------------------------------------------------------------
 # One checkpoint.
 
@@ -397,7 +388,7 @@ def _evaluate_step(ctx: _Context, step: int, state: Optional[dict[str, Any]]
   if 'linear' in ctx.modes or 'knn' in ctx.modes:
     results.update(_frozen_feature_eval(ctx, state, step))
   if 'classifier' in ctx.modes:
-    classifier = _load_classifier(ctx.config.init_from, step)
+    classifier = export.load_classifier(ctx.config.init_from, step=step)
     results.update(classifier_accuracy(classifier,
                                        ctx.data.batches('test', ctx.config.batch_size)))
   results['eval_seconds'] = time.monotonic() - t0
