@@ -306,10 +306,26 @@ def _out_size(data: EvalData) -> int:
   return int(src.image_shape[0])
 
 
+def check_input_size(run_config: ml_collections.ConfigDict, out_size: int) -> None:
+  """A flattened h (model.pool='flatten') only exists at the pretraining size.
+
+  Its width is the last map's pixels x channels, so another input size changes
+  h's width and the projection head's first layer cannot take it: say so here
+  rather than as a shape error deep inside flax.
+  """
+  trained = int(run_config.data.get('image_size', 0) or 0)
+  if run_config.model.get('pool', 'avg') == 'flatten' and trained and out_size != trained:
+    raise ValueError(
+        f"This run's encoder flattens its last feature map (model.pool='flatten'), so it "
+        f'only takes {trained} px inputs; config.data.image_size={out_size} would change '
+        f"h's width. Evaluate at {trained} px (drop the image_size override).")
+
+
 def _frozen_feature_eval(ctx: _Context, state: dict[str, Any], step: int) -> dict[str, Any]:
   config, data = ctx.config, ctx.data
   module, variables = feature_model(ctx.run_config.model, state)
   if ctx.predict is None:
+    check_input_size(ctx.run_config, _out_size(data))
     ctx.predict = train.make_predict_fn(module, ctx.mesh, _out_size(data))
   predict = ctx.predict
   variables = parallel.replicate(variables, ctx.mesh)

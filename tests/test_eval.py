@@ -324,6 +324,16 @@ def test_data_overrides_and_config_errors(pretrain_dir, idx_dir, tmp_path):
     eval_lib.evaluate(eval_config(str(tmp_path), idx_dir), evaldir)
 
 
+def test_flattened_h_is_only_evaluated_at_its_pretraining_size(pretrain_dir):
+  run = export.read_config(pretrain_dir)
+  trained = run.data.image_size
+  eval_lib.check_input_size(run, trained + 4)  # average pooling takes any size
+  run.model.pool = 'flatten'
+  eval_lib.check_input_size(run, trained)
+  with pytest.raises(ValueError, match=f"pool='flatten'.*only takes {trained} px"):
+    eval_lib.check_input_size(run, trained + 4)
+
+
 def test_eval_in_the_run_directory_leaves_its_files_alone(pretrain_dir, idx_dir, tmp_path):
   run = _copy_run(pretrain_dir, str(tmp_path / 'run'), [6])
   before = open(os.path.join(run, 'config.json')).read()
