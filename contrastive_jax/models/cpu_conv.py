@@ -450,8 +450,8 @@ def small_map_conv(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: P
 
   For maps with fewer pixels than the kernel has taps (H*W < kh*kw: a 3x3 conv
   on 2x2 or 2x4 maps, 5x5 on 4x4) XLA:CPU's convolution drops to 5-20 GFLOP/s
-  against ~300 elsewhere: 1.6 s for a 3x3 512->512 conv on 2x2 maps at batch
-  256, where this takes 9 ms (benchmarks/NOTES.md idea 21). Such a map is so
+  against ~300 elsewhere: 1.7 s for a 3x3 512->512 conv on 2x2 maps at batch
+  256, where this takes 9-18 ms (benchmarks/NOTES.md idea 21). Such a map is so
   small that the dense [H*W*C, OH*OW*O] matrix of every (input pixel, output
   pixel) pair, zero where no tap joins them, is a few MB, and nearly every pair
   is joined (a 3x3 SAME conv on 2x2 joins all 16). Both gradients are matmuls
