@@ -348,12 +348,6 @@ def xla_weight_grad(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int],
   return dw
 
 
-# XLA_FLAGS entry that moves XLA:CPU's convolutions from YNNPACK to Eigen while
-# keeping YNNPACK for matmuls (measured best with this module; NOTES.md). It
-# must be in the environment before JAX initialises its CPU backend.
-EIGEN_CONV_XLA_FLAG = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
-
-
 # ----------------------------------------------------------------------------
 # The custom-VJP convolution.
 # ----------------------------------------------------------------------------
@@ -388,13 +382,19 @@ _conv.defvjp(_conv_fwd, _conv_bwd)
 # Maps smaller than the kernel.
 # ----------------------------------------------------------------------------
 
+def _conv_out_hw(in_hw: Sequence[int], k_hw: Sequence[int], strides: Sequence[int],
+                 pads: Pads) -> tuple[int, int]:
+  """Output height and width of a convolution (0 where the window never fits)."""
+  return tuple(max((n + lo + hi - k) // s + 1, 0)  # type: ignore[return-value]
+               for n, k, s, (lo, hi) in zip(in_hw, k_hw, strides, pads))
+
+
 @functools.lru_cache(maxsize=None)
 def _small_map_taps(in_hw: tuple[int, int], k_hw: tuple[int, int],
                     strides: tuple[int, int], pads: Pads) -> np.ndarray:
   """taps[q, p, t] = 1 where input pixel q meets output pixel p through tap t."""
   (h, w), (kh, kw), (sh, sw) = in_hw, k_hw, strides
-  oh = max((h + pads[0][0] + pads[0][1] - kh) // sh + 1, 0)
-  ow = max((w + pads[1][0] + pads[1][1] - kw) // sw + 1, 0)
+  oh, ow = _conv_out_hw(in_hw, k_hw, strides, pads)
   taps = np.zeros((h, w, oh, ow, kh, kw), np.float32)
   for oy in range(oh):
     for ox in range(ow):
@@ -418,8 +418,7 @@ def _small_map_conv(x, w, strides, pads, precision):
   n, h, wd, _ = x.shape
   taps = _small_map_taps((h, wd), w.shape[:2], strides, pads)
   y = jnp.dot(x.reshape(n, -1), _unrolled_kernel(w, taps, precision), precision=precision)
-  oh = (h + pads[0][0] + pads[0][1] - w.shape[0]) // strides[0] + 1
-  return y.reshape(n, oh, -1, w.shape[3])
+  return y.reshape(n, *_conv_out_hw((h, wd), w.shape[:2], strides, pads), w.shape[3])
 
 
 def _small_map_conv_fwd(x, w, strides, pads, precision):
@@ -520,7 +519,7 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array,
   if isinstance(precision, list):
     precision = tuple(precision)  # nondiff args must be hashable
   if (lhs.shape[1] * lhs.shape[2] < rhs.shape[0] * rhs.shape[1]
-      and _small_map_taps(lhs.shape[1:3], rhs.shape[:2], strides, pads).size):
+      and min(_conv_out_hw(lhs.shape[1:3], rhs.shape[:2], strides, pads)) > 0):
     return small_map_conv(lhs, rhs, strides, pads, precision)
   return _conv(lhs, rhs, strides, pads, precision, int(chunk_bytes), wgrad)
 
