@@ -22,7 +22,13 @@ Times, on synthetic uint8 images (no dataset, never TensorFlow):
             rate, the denominator of MFU (model FLOP utilisation).
 
 Step time: median of --steps steps (each ended by block_until_ready) after
-compilation and --warmup steps. images/s counts source images (each makes
+compilation and --warmup steps. The project and naive steps take turns
+(project, naive, project, ...) in one process, so the ratio compares the
+same minutes of a shared machine; the project step alone gets the binaries'
+XLA:CPU setting (Eigen convolutions), as compiler options of its own
+compilation (xla_cpu.compiler_options(): the same optimised HLO as the
+binaries' XLA_FLAGS, checked in tests/test_xla_cpu.py), and the naive step
+compiles with stock XLA. images/s counts source images (each makes
 2 views). FLOPs come from XLA's cost analysis of the compiled step
 (`compiled.cost_analysis()['flops']`, per device for a sharded program, so
 multiplied by the device count); when the compiled module hides convolutions
@@ -278,11 +284,13 @@ def _cost_flops(obj: Any) -> float:
   return float((cost or {}).get('flops', math.nan))
 
 
-def compile_timed(jitted, *example_args, num_devices: int) -> tuple[Any, float, float, str]:
+def compile_timed(jitted, *example_args, num_devices: int,
+                  compiler_options: Optional[dict[str, str]] = None
+                  ) -> tuple[Any, float, float, str]:
   """(compiled, compile seconds, global FLOPs per call, where the FLOPs came from)."""
   t0 = time.perf_counter()
   lowered = jitted.lower(*example_args)
-  compiled = lowered.compile()
+  compiled = lowered.compile(compiler_options) if compiler_options else lowered.compile()
   compile_s = time.perf_counter() - t0
   # Compiled (optimised, SPMD-partitioned: per device) module's count.
   flops = _cost_flops(compiled) * num_devices
@@ -310,13 +318,26 @@ def model_flops_on_cpu(config, args: argparse.Namespace, tx, schedule, image_sha
 
 
 def time_calls(fn: Callable[[], Any], steps: int, warmup: int) -> list[float]:
+  return time_interleaved([fn], steps, warmup)[0]
+
+
+def time_interleaved(fns: Sequence[Callable[[], Any]], steps: int,
+                     warmup: int) -> list[list[float]]:
+  """Seconds per call of each fn, calling them in turn (f0, f1, f0, f1, ...).
+
+  Taking turns makes the times of the functions paired: a shared machine's
+  slow minute slows both, so their ratio holds when their absolute times
+  drift (separate runs minutes apart differed by up to ~10% on a 2-core VM).
+  """
   for _ in range(warmup):
-    jax.block_until_ready(fn())
-  times = []
+    for fn in fns:
+      jax.block_until_ready(fn())
+  times = [[] for _ in fns]
   for _ in range(steps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
+    for fn, ts in zip(fns, times):
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn())
+      ts.append(time.perf_counter() - t0)
   return times
 
 
@@ -470,8 +491,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   env = environment()
   backend = env['backend']
 
-  # --- project step.
+  # --- project step. Its XLA:CPU setting (Eigen convolutions, as the binaries
+  # set in XLA_FLAGS) is given to this compilation only, so the naive step in
+  # the same process compiles with stock XLA (xla_cpu.compiler_options).
   conv_cls, conv_label = resolve_conv(args.conv)
+  project_options = xla_cpu.compiler_options(backend) if args.conv != 'xla' else {}
   model = build_model(config.model, num_classes=args.probe_classes, conv_cls=conv_cls)
   total_steps = 1000
   tx, schedule = optim.build_optimizer(config.optim, batch_size=global_batch,
@@ -481,7 +505,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           args.probe_classes, mesh)
   step_fn = train.make_pretrain_step(model, tx, schedule, config, mesh, out_size)
   compiled, compile_s, flops, flops_src = compile_timed(step_fn, state, batch,
-                                                        num_devices=num_devices)
+                                                        num_devices=num_devices,
+                                                        compiler_options=project_options)
   executed_flops = flops
   if conv_cls is not nn.Conv or backend != 'cpu':
     # Model FLOPs are those of the network, not of an implementation: a conv
@@ -493,16 +518,47 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     flops, flops_src = model_flops_on_cpu(config, args, tx, schedule, image_shape,
                                           global_batch)
   holder = [state]
+  del state
 
   def project_call():
     holder[0], metrics = compiled(holder[0], batch)
     return holder[0], metrics
-  times = time_calls(project_call, args.steps, args.warmup)
+
+  # --- naive baseline (one device, no sharding; stock XLA options).
+  calls = [project_call]
+  if args.naive == 'yes':
+    naive_step, naive_state = make_naive(config, args, out_size, image_shape)
+    dev0 = devices[0]
+    naive_batch = jax.device_put(jax.device_get(batch), dev0)
+    naive_state = jax.device_put(naive_state, dev0)
+    n_compiled, n_compile_s, n_flops, n_src = compile_timed(
+        naive_step, naive_state, naive_batch, num_devices=1)
+    n_holder = [naive_state]
+    del naive_state
+
+    def naive_call():
+      n_holder[0], loss_ = n_compiled(n_holder[0], naive_batch)
+      return n_holder[0], loss_
+    calls.append(naive_call)
+
+  # --- timing: the two steps take turns (time_interleaved), so their ratio
+  # is measured on the same minutes of the machine.
+  times = time_interleaved(calls, args.steps, args.warmup)
   loss = float(jax.device_get(project_call()[1]['loss']))
-  project = Timing('project', compile_s, statistics.median(times), min(times), max(times),
-                   flops, flops_src, len(times), executed_flops)
-  holder.clear()  # frees the state before the next compile
-  del state
+  project = Timing('project', compile_s, statistics.median(times[0]), min(times[0]),
+                   max(times[0]), flops, flops_src, len(times[0]), executed_flops)
+  holder.clear()  # frees the states before the next compiles
+  naive = None
+  naive_loss = math.nan
+  pair_ratios: list[float] = []
+  if args.naive == 'yes':
+    naive_loss = float(jax.device_get(naive_call()[1]))
+    if backend != 'cpu':  # same network; see model_flops_on_cpu for why
+      n_flops, n_src = flops, 'the project step\'s model FLOPs (same network)'
+    naive = Timing('naive', n_compile_s, statistics.median(times[1]), min(times[1]),
+                   max(times[1]), n_flops, n_src, len(times[1]))
+    pair_ratios = [n / p for p, n in zip(*times)]
+    n_holder.clear()
 
   # --- augmentation alone (the project's view function, same sharded batch).
   aug = time_augment('augment', config.augment, config, batch, out_size, args, num_devices)
@@ -513,30 +569,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       cfg.update(overrides)
       ablation.append(time_augment(name, cfg, config, batch, out_size, args, num_devices))
 
-  # --- naive baseline (one device, no sharding).
-  naive = None
-  naive_loss = math.nan
-  if args.naive == 'yes':
-    naive_step, naive_state = make_naive(config, args, out_size, image_shape)
-    dev0 = devices[0]
-    naive_batch = jax.device_put(jax.device_get(batch), dev0)
-    naive_state = jax.device_put(naive_state, dev0)
-    n_compiled, n_compile_s, n_flops, n_src = compile_timed(
-        naive_step, naive_state, naive_batch, num_devices=1)
-    n_holder = [naive_state]
-
-    def naive_call():
-      n_holder[0], loss_ = n_compiled(n_holder[0], naive_batch)
-      return n_holder[0], loss_
-    times = time_calls(naive_call, args.steps, args.warmup)
-    naive_loss = float(jax.device_get(naive_call()[1]))
-    if backend != 'cpu':  # same network; see model_flops_on_cpu for why
-      n_flops, n_src = flops, 'the project step\'s model FLOPs (same network)'
-    naive = Timing('naive', n_compile_s, statistics.median(times), min(times), max(times),
-                   n_flops, n_src, len(times))
-    n_holder.clear()
-    del naive_state
-
   # --- matmul rate in the compute dtype.
   size = args.matmul_size or (2048 if backend == 'cpu' else 8192)
   reps = 5 if backend == 'cpu' else 20
@@ -545,7 +577,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   result = dict(
       kind='throughput', env=env, note=args.note,
       args={k: v for k, v in vars(args).items()},
-      conv=conv_label, global_batch=global_batch, views_per_image=2,
+      conv=conv_label, project_compiler_options=project_options,
+      timing='interleaved' if naive is not None else 'project only',
+      global_batch=global_batch, views_per_image=2,
       matmul=dict(dtype=args.dtype, size=size, best_flops_per_s=mm_best,
                   median_flops_per_s=mm_median),
       loss_after=dict(project=loss, naive=naive_loss))
@@ -561,6 +595,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   result['augment_ablation'] = [t.name for t in ablation]
   if naive is not None:
     result['ratio_project_over_naive'] = naive.step_s / project.step_s
+    # Step i of each ran back to back: naive_i / project_i per pair.
+    result['pair_ratios'] = pair_ratios
   return result
 
 
@@ -604,7 +640,10 @@ def format_table(r: dict[str, Any]) -> str:
   lines.append('')
   lines.append(f"augmentation share of the project step: {100 * r['augment_share']:.1f}%")
   if 'ratio_project_over_naive' in r:
-    lines.append(f"ratio project/naive (images/s): {r['ratio_project_over_naive']:.2f}")
+    pairs = r.get('pair_ratios') or [math.nan]
+    lines.append(f"ratio project/naive (images/s): {r['ratio_project_over_naive']:.2f} "
+                 f"(medians of steps taken in turn; per pair median "
+                 f"{statistics.median(pairs):.2f}, min-max {min(pairs):.2f}-{max(pairs):.2f})")
   lines.append(f"FLOPs from: project {r['project']['flops_source']}"
                + (f"; naive {r['naive']['flops_source']}" if r.get('naive') else ''))
   lines.append(f"loss after timing: project {r['loss_after']['project']:.4f}, "
@@ -614,10 +653,6 @@ def format_table(r: dict[str, Any]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parse_args(argv)
-  # The binaries' XLA:CPU defaults (Eigen convolutions), unless --conv xla asks
-  # for stock XLA; must precede the first computation.
-  if args.conv != 'xla':
-    xla_cpu.apply_defaults()
   result = run(args)
   print(format_table(result), flush=True)
   if args.out:

@@ -15,6 +15,12 @@ import importlib.metadata
 import os
 
 EIGEN_CONV_FLAG = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
+_YNN_OPTION = 'xla_cpu_experimental_ynn_fusion_type'
+# EIGEN_CONV_FLAG removes INDIVIDUAL_CONVOLUTION from jaxlib 0.10's default
+# YNNPACK list (INDIVIDUAL_DOT, REDUCE, INDIVIDUAL_CONVOLUTION). A per-compile
+# option cannot say "remove", so it names what stays; tests/test_xla_cpu.py
+# checks that both give the same optimised HLO on the installed jaxlib.
+_EIGEN_CONV_YNN_TYPES = 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'
 
 
 def _jaxlib_at_least(major: int, minor: int) -> bool:
@@ -35,7 +41,21 @@ def apply_defaults() -> bool:
   if os.environ.get('CONTRASTIVE_JAX_XLA_DEFAULTS', '1') == '0':
     return False
   flags = os.environ.get('XLA_FLAGS', '')
-  if 'xla_cpu_experimental_ynn_fusion_type' in flags or not _jaxlib_at_least(0, 10):
+  if _YNN_OPTION in flags or not _jaxlib_at_least(0, 10):
     return False
   os.environ['XLA_FLAGS'] = f'{flags} {EIGEN_CONV_FLAG}'.strip()
   return True
+
+
+def compiler_options(backend: str | None = None) -> dict[str, str]:
+  """EIGEN_CONV_FLAG as per-compile options for `backend`; {} where it does not apply.
+
+  Empty on non-CPU backends, on jaxlib < 0.10, with CONTRASTIVE_JAX_XLA_DEFAULTS=0,
+  and when XLA_FLAGS already sets the option (that process-wide choice stands).
+  """
+  import jax  # pylint: disable=g-import-not-at-top  (apply_defaults must not import it)
+  backend = backend or jax.default_backend()
+  if (backend != 'cpu' or os.environ.get('CONTRASTIVE_JAX_XLA_DEFAULTS', '1') == '0'
+      or _YNN_OPTION in os.environ.get('XLA_FLAGS', '') or not _jaxlib_at_least(0, 10)):
+    return {}
+  return {_YNN_OPTION: _EIGEN_CONV_YNN_TYPES}

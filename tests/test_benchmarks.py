@@ -52,7 +52,7 @@ def _finite(x) -> bool:
 
 def test_throughput_quick(tmp_path):
   out = tmp_path / 'tp.jsonl'
-  stdout = _run('throughput.py', ['--quick', '--conv', 'xla', '--naive-augment', 'none',
+  stdout = _run('throughput.py', ['--quick', '--conv', 'auto', '--naive-augment', 'none',
                                           '--augment-ablation', '--out', str(out)], {})
   rows = _table_rows(stdout)
   names = [r[0] for r in rows]
@@ -64,7 +64,8 @@ def test_throughput_quick(tmp_path):
       assert math.isfinite(float(cell)) and float(cell) >= 0, r
     assert r[6].endswith('%') and math.isfinite(float(r[6][:-1])), r
   assert re.search(r'augmentation share of the project step: [0-9.]+%', stdout)
-  assert re.search(r'ratio project/naive \(images/s\): [0-9.]+', stdout)
+  assert re.search(r'ratio project/naive \(images/s\): [0-9.]+ \(medians of steps taken in turn; '
+                   r'per pair median [0-9.]+, min-max [0-9.]+-[0-9.]+\)', stdout)
 
   result = json.loads(out.read_text().splitlines()[-1])
   for name in ('project', 'naive', 'augment'):
@@ -74,6 +75,13 @@ def test_throughput_quick(tmp_path):
       assert _finite(t[key]) and t[key] > 0, (name, key, t[key])
   assert result['project']['flops_per_image'] > result['augment']['flops_per_image']
   assert _finite(result['augment_share']) and _finite(result['ratio_project_over_naive'])
+  # The two steps took turns, one ratio per pair of steps.
+  assert result['timing'] == 'interleaved' and len(result['pair_ratios']) == 2
+  assert all(_finite(x) and x > 0 for x in result['pair_ratios'])
+  # The project step alone compiled with the binaries' XLA:CPU setting.
+  from contrastive_jax import xla_cpu  # pylint: disable=g-import-not-at-top
+  assert result['project_compiler_options'] == xla_cpu.compiler_options('cpu')
+  assert result['conv'].startswith('auto: ')
   assert _finite(result['matmul']['best_flops_per_s'])
   assert _finite(result['loss_after']['project']) and _finite(result['loss_after']['naive'])
   assert result['global_batch'] == 4 and result['env']['num_devices'] == 1
