@@ -18,13 +18,14 @@ Times, on synthetic uint8 images (no dataset, never TensorFlow):
             the ratio compares everything but the augmentation.
   augment   the project's augmentation alone (train.make_view_fn), to give its
             share of the project step.
-  matmul    a large jnp.dot in the compute dtype: the device's measured matmul
-            rate, the denominator of MFU (model FLOP utilisation).
+  matmul    a large jnp.dot in the compute dtype, one call per round of steps:
+            the device's measured matmul rate (best call), the denominator of
+            MFU (model FLOP utilisation).
 
 Step time: median of --steps steps (each ended by block_until_ready) after
-compilation and --warmup steps. The project and naive steps take turns
-(project, naive, project, ...) in one process, so the ratio compares the
-same minutes of a shared machine; the project step alone gets the binaries'
+compilation and --warmup steps. The project and naive steps and the matmul
+take turns (project, naive, matmul, project, ...) in one process, so the
+ratio and MFU compare the same minutes of a shared machine; the project step alone gets the binaries'
 XLA:CPU setting (Eigen convolutions), as compiler options of its own
 compilation (xla_cpu.compiler_options(): the same optimised HLO as the
 binaries' XLA_FLAGS, checked in tests/test_xla_cpu.py), and the naive step
@@ -341,15 +342,13 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], steps: int,
   return times
 
 
-def matmul_rate(dtype: Any, size: int, reps: int) -> tuple[float, float]:
-  """(best FLOP/s, median FLOP/s) of a size^3 jnp.dot in `dtype` (default precision)."""
+def matmul_call(dtype: Any, size: int) -> tuple[Callable[[], Any], float]:
+  """(a call of a size^3 jnp.dot in `dtype` at default precision, its FLOPs)."""
   key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
   a = jax.random.normal(key_a, (size, size), jnp.float32).astype(dtype)
   b = jax.random.normal(key_b, (size, size), jnp.float32).astype(dtype)
-  dot = jax.jit(jnp.dot)
-  times = time_calls(lambda: dot(a, b), reps, warmup=1)
-  flops = 2.0 * size ** 3
-  return flops / min(times), flops / statistics.median(times)
+  dot = jax.jit(jnp.dot).lower(a, b).compile()
+  return (lambda: dot(a, b)), 2.0 * size ** 3
 
 
 def synthetic_batch(global_batch: int, source_size: int, channels: int,
@@ -541,9 +540,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       return n_holder[0], loss_
     calls.append(naive_call)
 
-  # --- timing: the two steps take turns (time_interleaved), so their ratio
-  # is measured on the same minutes of the machine.
-  times = time_interleaved(calls, args.steps, args.warmup)
+  # --- matmul rate in the compute dtype (MFU's denominator), one matmul per
+  # round of steps: the rate of the same minutes as the steps.
+  size = args.matmul_size or (2048 if backend == 'cpu' else 8192)
+  matmul, matmul_flops = matmul_call(_DTYPES[args.dtype], size)
+
+  # --- timing: the steps and the matmul take turns (time_interleaved), so
+  # the ratio and MFU are measured on the same minutes of the machine.
+  times = time_interleaved(calls + [matmul], args.steps, args.warmup)
+  mm_times = times.pop()
+  mm_best, mm_median = matmul_flops / min(mm_times), matmul_flops / statistics.median(mm_times)
   loss = float(jax.device_get(project_call()[1]['loss']))
   project = Timing('project', compile_s, statistics.median(times[0]), min(times[0]),
                    max(times[0]), flops, flops_src, len(times[0]), executed_flops)
@@ -569,11 +575,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       cfg.update(overrides)
       ablation.append(time_augment(name, cfg, config, batch, out_size, args, num_devices))
 
-  # --- matmul rate in the compute dtype.
-  size = args.matmul_size or (2048 if backend == 'cpu' else 8192)
-  reps = 5 if backend == 'cpu' else 20
-  mm_best, mm_median = matmul_rate(_DTYPES[args.dtype], size, reps)
-
   result = dict(
       kind='throughput', env=env, note=args.note,
       args={k: v for k, v in vars(args).items()},
@@ -581,7 +582,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       timing='interleaved' if naive is not None else 'project only',
       global_batch=global_batch, views_per_image=2,
       matmul=dict(dtype=args.dtype, size=size, best_flops_per_s=mm_best,
-                  median_flops_per_s=mm_median),
+                  median_flops_per_s=mm_median, calls=len(mm_times)),
       loss_after=dict(project=loss, naive=naive_loss))
   for t in (project, aug, naive, *ablation):
     if t is None:
