@@ -82,7 +82,7 @@ def test_throughput_quick(tmp_path):
   from contrastive_jax import xla_cpu  # pylint: disable=g-import-not-at-top
   assert result['project_compiler_options'] == xla_cpu.compiler_options('cpu')
   assert result['conv'].startswith('auto: ')
-  assert _finite(result['matmul']['best_flops_per_s']) and result['matmul']['calls'] == 2
+  assert _finite(result['matmul']['best_flops_per_s']) and result['matmul']['bursts'] == 2
   assert _finite(result['loss_after']['project']) and _finite(result['loss_after']['naive'])
   assert result['global_batch'] == 4 and result['env']['num_devices'] == 1
 
