@@ -25,12 +25,12 @@ Times, on synthetic uint8 images (no dataset, never TensorFlow):
 Step time: median of --steps steps (each ended by block_until_ready) after
 compilation and --warmup steps. The project and naive steps and the matmul
 take turns (project, naive, matmul, project, ...) in one process, so the
-ratio and MFU compare the same minutes of a shared machine; the project step alone gets the binaries'
-XLA:CPU setting (Eigen convolutions), as compiler options of its own
-compilation (xla_cpu.compiler_options(): the same optimised HLO as the
-binaries' XLA_FLAGS, checked in tests/test_xla_cpu.py), and the naive step
-compiles with stock XLA. images/s counts source images (each makes
-2 views). FLOPs come from XLA's cost analysis of the compiled step
+ratio and MFU compare the same minutes of a shared machine. The project step
+alone gets the binaries' XLA:CPU setting (Eigen convolutions), as compiler
+options of its own compilation (xla_cpu.compiler_options(): the same
+optimised HLO as the binaries' XLA_FLAGS, checked in tests/test_xla_cpu.py);
+the naive step compiles with stock XLA. images/s counts source images (each
+makes 2 views). FLOPs come from XLA's cost analysis of the compiled step
 (`compiled.cost_analysis()['flops']`, per device for a sharded program, so
 multiplied by the device count); when the compiled module hides convolutions
 in custom calls (cuDNN on GPU reports ~0) the unoptimised module's count
