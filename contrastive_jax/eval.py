@@ -325,8 +325,9 @@ def _frozen_feature_eval(ctx: _Context, state: dict[str, Any], step: int) -> dic
   config, data = ctx.config, ctx.data
   module, variables = feature_model(ctx.run_config.model, state)
   if ctx.predict is None:
-    check_input_size(ctx.run_config, _out_size(data))
-    ctx.predict = train.make_predict_fn(module, ctx.mesh, _out_size(data))
+    out_size = _out_size(data)
+    check_input_size(ctx.run_config, out_size)
+    ctx.predict = train.make_predict_fn(module, ctx.mesh, out_size)
   predict = ctx.predict
   variables = parallel.replicate(variables, ctx.mesh)
 

@@ -32,16 +32,20 @@ def _jaxlib_at_least(major: int, minor: int) -> bool:
   return tuple(parts) >= (major, minor)
 
 
+def _setting_applies(flags: str) -> bool:
+  """Not opted out, not chosen by the user in `flags`, and a jaxlib that knows it."""
+  return (os.environ.get('CONTRASTIVE_JAX_XLA_DEFAULTS', '1') != '0'
+          and _YNN_OPTION not in flags and _jaxlib_at_least(0, 10))
+
+
 def apply_defaults() -> bool:
   """Adds the measured-best XLA:CPU flag to XLA_FLAGS; returns whether it did.
 
   Must run before the first JAX computation (XLA reads XLA_FLAGS when the
   backend starts). A flag the user already set for the same option wins.
   """
-  if os.environ.get('CONTRASTIVE_JAX_XLA_DEFAULTS', '1') == '0':
-    return False
   flags = os.environ.get('XLA_FLAGS', '')
-  if _YNN_OPTION in flags or not _jaxlib_at_least(0, 10):
+  if not _setting_applies(flags):
     return False
   os.environ['XLA_FLAGS'] = f'{flags} {EIGEN_CONV_FLAG}'.strip()
   return True
@@ -55,7 +59,6 @@ def compiler_options(backend: str | None = None) -> dict[str, str]:
   """
   import jax  # pylint: disable=g-import-not-at-top  (apply_defaults must not import it)
   backend = backend or jax.default_backend()
-  if (backend != 'cpu' or os.environ.get('CONTRASTIVE_JAX_XLA_DEFAULTS', '1') == '0'
-      or _YNN_OPTION in os.environ.get('XLA_FLAGS', '') or not _jaxlib_at_least(0, 10)):
+  if backend != 'cpu' or not _setting_applies(os.environ.get('XLA_FLAGS', '')):
     return {}
   return {_YNN_OPTION: _EIGEN_CONV_YNN_TYPES}
