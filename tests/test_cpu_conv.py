@@ -1,6 +1,7 @@
 """contrastive_jax.models.cpu_conv: the custom-VJP conv equals XLA's conv."""
 
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -307,3 +308,20 @@ def test_resnet_with_fast_conv_matches_nn_conv():
 
   grad = jax.jit(jax.grad(loss, argnums=1), static_argnums=0)
   jax.tree.map(_close, grad(fast, variables['params']), grad(ref, variables['params']))
+
+
+def test_weight_grad_loop_reads_x_in_place():
+  # The chunked loop must take x (here a ReLU output) as it is. With the
+  # [n] -> [cb, nb] reshape outside the loop, XLA fused it with x's producer
+  # and wrote a second, chunk-shaped copy of x (and of dy) for the loop.
+  def loss(x, w, s):
+    a = jax.nn.relu(x * s + 1.0)
+    return jnp.sum(_fast_conv(a, w, (1, 1), 'SAME', chunk_bytes=4096) ** 2)
+
+  x, w, _ = _inputs(8, 6, 6, 4, 4, 3, 1)
+  assert cpu_conv._chunking(8, cpu_conv._bytes_per_image(
+      'mixed', (3, 3), 4, 4, (6, 6), 4), 4096)[1] > 1  # several chunks
+  hlo = jax.jit(jax.grad(loss, argnums=1)).lower(x, w, jnp.ones(4)).compile().as_text()
+  entry = hlo[hlo.index('\nENTRY'):]
+  assert 'f32[8,6,6,4]' in entry
+  assert not re.search(r'= f32\[\d+,\d+,6,6,4\]', entry), 'chunk-shaped copy outside the loop'

@@ -214,12 +214,15 @@ def conv_weight_grad(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int],
   if extra:  # zero images contribute zero gradient
     x = jnp.pad(x, ((0, extra),) + ((0, 0),) * 3)
     dy = jnp.pad(dy, ((0, extra),) + ((0, 0),) * 3)
-  xs = x.reshape((cb, nb) + x.shape[1:])
-  dys = dy.reshape((cb, nb) + dy.shape[1:])
-
+  # The [n] -> [cb, nb] reshape is written inside the body on purpose. Done
+  # outside, XLA fuses the (free) reshape with x's producer, so it recomputes
+  # the whole BatchNorm/ReLU chain into a second full-size copy of x for the
+  # loop (NOTES.md idea 29); inside, the loop reads x where it already is.
   def body(b, acc):
-    xb = lax.dynamic_index_in_dim(xs, b, axis=1, keepdims=False)
-    db = lax.dynamic_index_in_dim(dys, b, axis=1, keepdims=False)
+    xb = lax.dynamic_index_in_dim(x.reshape((cb, nb) + x.shape[1:]), b, axis=1,
+                                  keepdims=False)
+    db = lax.dynamic_index_in_dim(dy.reshape((cb, nb) + dy.shape[1:]), b, axis=1,
+                                  keepdims=False)
     return acc + chunk(xb, db)
 
   init = jnp.zeros(kernel_hw + (c, o), jnp.float32)
