@@ -33,6 +33,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from contrastive_jax.models.batchnorm import BatchNorm
+
 # depth -> (blocks per stage, block type).
 DEPTHS: dict[int, tuple[tuple[int, ...], str]] = {
     18: ((2, 2, 2, 2), 'basic'),
@@ -246,7 +248,7 @@ class ResNet(nn.Module):
       raise ValueError(f'ResNet pool={self.pool!r}; choose one of {POOLS}.')
     conv = functools.partial(self.conv_cls, use_bias=False, dtype=self.dtype,
                              param_dtype=jnp.float32, kernel_init=conv_kernel_init)
-    norm = functools.partial(nn.BatchNorm, momentum=self.bn_momentum,
+    norm = functools.partial(BatchNorm, momentum=self.bn_momentum,
                              epsilon=self.bn_epsilon, dtype=self.dtype,
                              param_dtype=jnp.float32)
     bn_relu = lambda name, y: nn.relu(norm(name=name)(y, use_running_average=not train))
