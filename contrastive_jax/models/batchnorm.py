@@ -48,20 +48,25 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array,
                      epsilon: float) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Batch-statistics BN over all axes but the last.
 
-  -> (y float32, mean, var), the last two float32 [C] (the biased batch
-  variance, as flax uses for its running average).
+  -> (y, mean, var) in float32 (float64 for a float64 x); mean and var are
+  [C], var the biased batch variance that flax's running average uses.
   """
   return _forward(x, scale, bias, epsilon)[0]
 
 
+def _compute_dtype(x: jax.Array) -> Any:
+  # As flax: statistics and arithmetic in at least float32.
+  return jnp.promote_types(x.dtype, jnp.float32)
+
+
 def _forward(x, scale, bias, epsilon):
-  xf = x.astype(jnp.float32)
+  xf = x.astype(_compute_dtype(x))
   n = x.size // x.shape[-1]
   mean = _sum(xf) / n
   var = jnp.maximum(0.0, _sum(xf * xf) / n - mean * mean)
   rstd = jax.lax.rsqrt(var + epsilon)
-  a = scale.astype(jnp.float32) * rstd
-  y = xf * a + (bias.astype(jnp.float32) - mean * a)
+  a = scale.astype(xf.dtype) * rstd
+  y = xf * a + (bias.astype(xf.dtype) - mean * a)
   return (y, mean, var), (x, mean, rstd, a)
 
 
@@ -74,8 +79,8 @@ def _bwd(epsilon, res, cotangents):
   del epsilon
   x, mean, rstd, a, scale, bias = res
   g, g_mean, g_var = cotangents
-  g = g.astype(jnp.float32)
-  xf = x.astype(jnp.float32)
+  xf = x.astype(_compute_dtype(x))
+  g = g.astype(xf.dtype)
   n = x.size // x.shape[-1]
   sum_g = _sum(g)
   sum_g_xhat = rstd * (_sum(g * xf) - mean * sum_g)
