@@ -12,12 +12,12 @@ CPU, where every step is expensive, are explained next to each value; runs
 that failed are recorded in benchmarks/NOTES.md ("Fashion-MNIST recipe").
 
 Measured on the idle 2-core CPU (`python benchmarks/quality.py --budgets
-5,20`, 2026-12-01, commit 56a5fb0, probes choosing feature standardisation
-on val): 4.9 minutes (746 steps) -> 89.5% linear probe / 87.6% kNN-20 test;
-18.8 minutes (3015 steps) -> 90.9% / 88.3% (raw pixels: 84.9% / 86.2%;
-random-init encoder: 83.2% / 80.4%). About 650-740 images/s on that VM;
-on 2026-11-28's slower one (370-490 images/s) 19.9 minutes gave 90.3% /
-87.98%.
+5,20`, 2026-12-01, commit c6769fd, probes choosing feature standardisation
+on val): 4.9 minutes (842 steps) -> 90.0% linear probe / 87.7% kNN-20 test;
+19.9 minutes (3531 steps) -> 90.7% / 88.1% (raw pixels: 84.9% / 86.2%;
+random-init encoder: 83.1% / 80.4%). Earlier the same day (commit 56a5fb0,
+3015 steps in 18.8 minutes): 90.9% / 88.3%; on 2026-11-28's slower VM
+(370-490 images/s) 19.9 minutes gave 90.3% / 87.98%.
 """
 
 from contrastive_jax import config_defaults
