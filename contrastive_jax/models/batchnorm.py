@@ -67,20 +67,16 @@ def _forward(x, scale, bias, epsilon):
   rstd = jax.lax.rsqrt(var + epsilon)
   a = scale.astype(xf.dtype) * rstd
   y = xf * a + (bias.astype(xf.dtype) - mean * a)
-  return (y, mean, var), (x, mean, rstd, a)
-
-
-def _fwd(x, scale, bias, epsilon):
-  out, res = _forward(x, scale, bias, epsilon)
-  return out, res + (scale, bias)
+  return (y, mean, var), (x, mean, rstd, scale, bias)
 
 
 def _bwd(epsilon, res, cotangents):
   del epsilon
-  x, mean, rstd, a, scale, bias = res
+  x, mean, rstd, scale, bias = res   # bias only for its dtype
   g, g_mean, g_var = cotangents
   xf = x.astype(_compute_dtype(x))
   g = g.astype(xf.dtype)
+  a = scale.astype(xf.dtype) * rstd
   n = x.size // x.shape[-1]
   sum_g = _sum(g)
   sum_g_xhat = rstd * (_sum(g * xf) - mean * sum_g)
@@ -91,7 +87,7 @@ def _bwd(epsilon, res, cotangents):
   return dx, sum_g_xhat.astype(scale.dtype), sum_g.astype(bias.dtype)
 
 
-batch_norm_train.defvjp(_fwd, _bwd)
+batch_norm_train.defvjp(_forward, _bwd)
 
 
 class BatchNorm(nn.BatchNorm):
