@@ -227,14 +227,15 @@ def extract_features(predict: Callable[[Any, jax.Array], dict], variables: Any,
   """
   feats, labels = [], []
   for batch in batches:
-    images = parallel.global_batch({'image': batch['image']}, mesh)['image']
-    out = predict(variables, images)
+    # Labels and mask travel as global arrays too: gathered from host numpy they
+    # would come in process order, the features in the mesh's device order, and
+    # make_mesh may order a pod's hosts differently.
+    batch = parallel.global_batch({k: batch[k] for k in ('image', 'mask', 'label')}, mesh)
+    out = predict(variables, batch['image'])
     if feature not in out:
       raise ValueError(f'config.feature={feature!r} is not an output of this model; '
                        f'choose one of {sorted(out)}.')
-    f = np.asarray(multihost_utils.process_allgather(out[feature], tiled=True))
-    mask = np.asarray(multihost_utils.process_allgather(batch['mask'], tiled=True))
-    y = np.asarray(multihost_utils.process_allgather(batch['label'], tiled=True))
+    f, mask, y = (parallel.gather(x) for x in (out[feature], batch['mask'], batch['label']))
     feats.append(f[mask].astype(np.float32))
     labels.append(y[mask].astype(np.int32))
   if not feats:

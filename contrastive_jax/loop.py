@@ -9,16 +9,18 @@
 `run_steps` is the loop body of pretrain/finetune/distill: global batch
 assembly, asynchronous metrics (a log step's values are fetched after the next
 step is dispatched, so the host never waits on the device), periodic
-checkpoints with the data position, and a clean stop on SIGTERM (the caller
-passes its `PreemptionFlag.should_stop`).
+checkpoints with the data position, and a clean stop on SIGTERM or Ctrl-C (the
+caller passes its `PreemptionFlag.should_stop`).
 """
 
 from __future__ import annotations
 
 import collections
 import signal
+import sys
 import threading
 import time
+import warnings
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import jax
@@ -31,26 +33,57 @@ from contrastive_jax.data import pipeline
 
 
 class PreemptionFlag:
-  """Set by SIGTERM (TPU preemption, `kill`): the loop checkpoints and stops."""
+  """A stop request the loop answers with a checkpoint at a step boundary.
+
+  One process: SIGTERM (TPU preemption, `kill`) and the first Ctrl-C (SIGINT;
+  Colab's interrupt button) set the flag; a second Ctrl-C interrupts at once.
+  Several processes: no Python handler at all. `jax.distributed` installs
+  JAX's own SIGTERM notifier, which tells the coordination service, and every
+  host then stops at the same step (`reached_preemption_sync_point`). A Python
+  handler would replace that notifier: each host would stop at its own step and
+  its checkpoint would wait forever for hosts still inside a collective step.
+  """
 
   def __init__(self):
     self._event = threading.Event()
-    self._previous = None
+    self._previous: dict[int, Any] = {}
+    self._sync_point_available = True
 
   def install(self) -> None:
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, lambda *_: self._event.set())
+    if threading.current_thread() is not threading.main_thread():
+      return  # Python only delivers signals to the main thread
+    if jax.process_count() > 1:
+      return
+    self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_sigterm)
+    self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
 
   def uninstall(self) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
+
+  def _on_sigterm(self, signum, frame) -> None:
+    del signum, frame
+    self._event.set()
+
+  def _on_sigint(self, signum, frame) -> None:
+    if self._event.is_set():  # the second Ctrl-C: the user does not want to wait
+      raise KeyboardInterrupt
+    self._event.set()
+    print('\nInterrupt: checkpointing at the end of this step, then stopping '
+          '(Ctrl-C again to abort without a checkpoint).', file=sys.stderr, flush=True)
 
   def should_stop(self, step: int) -> bool:
     if jax.process_count() > 1:
-      # Every host must agree on the step at which to stop; JAX's preemption
-      # service (started by jax.distributed) tells all of them the same step.
-      return self._event.is_set() or multihost_utils.reached_preemption_sync_point(step)
+      if not self._sync_point_available:
+        return False
+      try:
+        return multihost_utils.reached_preemption_sync_point(step)
+      except RuntimeError as e:  # jax_enable_preemption_service=False
+        self._sync_point_available = False
+        warnings.warn(f'No preemption handling on this multi-host run ({e}); enable '
+                      'jax_enable_preemption_service to checkpoint on SIGTERM.')
+        return False
     return self._event.is_set()
 
 
@@ -104,6 +137,9 @@ def run_steps(state: Any, step_fn: Callable[..., tuple[Any, Any]],
   `extra_fn()` (data position, ...), then waits for the write. Returns
   (state, step reached); step < total_steps means it stopped early.
   """
+  if log_every <= 0 or checkpoint_every <= 0:
+    raise ValueError(f'config.log_every_steps={log_every} and config.checkpoint_every_steps='
+                     f'{checkpoint_every} must both be positive (use a large value for "rarely").')
   step = start_step
   end_step = min(stop_at_step or total_steps, total_steps)
   in_flight: collections.deque = collections.deque()
@@ -169,14 +205,15 @@ def predict_split(logits_fn: Callable[[jax.Array], jax.Array],
   and, with keep_logits, 'logits' [N, classes].
   """
   out: dict[str, list] = {'pred': [], 'label': [], 'id': [], 'logits': []}
-  gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
   for batch in pipeline.make_eval_iterator(data_cfg, split, global_batch_size=batch_size):
-    images = parallel.global_batch({'image': batch['image']}, mesh)['image']
-    logits = gather(logits_fn(images))
-    mask = gather(batch['mask'])
+    # Every field as a global array, so all come back in the same (device) order.
+    batch = parallel.global_batch(
+        {k: batch[k] for k in ('image', 'mask', 'label', 'index')}, mesh)
+    logits = parallel.gather(logits_fn(batch['image']))
+    mask = parallel.gather(batch['mask'])
     out['pred'].append(logits.argmax(-1)[mask])
-    out['label'].append(gather(batch['label'])[mask])
-    out['id'].append(gather(batch['index'])[mask])
+    out['label'].append(parallel.gather(batch['label'])[mask])
+    out['id'].append(parallel.gather(batch['index'])[mask])
     if keep_logits:
       out['logits'].append(logits[mask])
   if not keep_logits:

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = 'data'
@@ -96,6 +97,11 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.A
   sharding = data_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local.items()}
+
+
+def gather(x: jax.Array) -> np.ndarray:
+  """The whole of a global array (batch-sharded rows in mesh order) on every process."""
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
