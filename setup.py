@@ -17,6 +17,7 @@ setup(
         'optax>=0.2.4',
         'dm-pix>=0.4.3',
         'orbax-checkpoint>=0.11.0',
+        'etils[epath]>=1.5',  # run files on gs:// (contrastive_jax/files.py); orbax needs it too
         'ml-collections>=0.1.1',
         'absl-py>=1.0',
         'numpy>=1.26',

@@ -236,6 +236,7 @@ class Checkpointer:
 
     Raises:
       FileNotFoundError: no checkpoint in the directory, or no such step.
+      ValueError: the saved tree does not fit `target` (shapes, structure).
     """
     steps = self.all_steps()
     if not steps:
@@ -254,12 +255,19 @@ class Checkpointer:
       target = self._host_target(step)
     else:
       _check_target(target)
-    restored = self._manager.restore(
-        step,
-        args=ocp.args.Composite(**{
-            STATE_ITEM: ocp.args.StandardRestore(target),
-            EXTRA_ITEM: ocp.args.JsonRestore(),
-        }))
+    try:
+      restored = self._manager.restore(
+          step,
+          args=ocp.args.Composite(**{
+              STATE_ITEM: ocp.args.StandardRestore(target),
+              EXTRA_ITEM: ocp.args.JsonRestore(),
+          }))
+    except (ValueError, TypeError, KeyError) as e:
+      raise ValueError(
+          f'The checkpoint at step {step} in {self.directory} does not fit the state '
+          'this run builds (another model, optimizer or config?). Resume with the '
+          "config the run started with (its config.json), or use a new --workdir. "
+          f'orbax: {type(e).__name__}: {e}') from e
     extra = restored[EXTRA_ITEM]
     return restored[STATE_ITEM], dict(extra) if extra is not None else {}
 

@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from contrastive_jax import (checkpoint, config_defaults, export, finetune, losses, loop,
+from contrastive_jax import (checkpoint, config_defaults, export, files, finetune, losses, loop,
                              metrics_io, parallel, train)
 from contrastive_jax.data import pipeline
 
@@ -119,7 +119,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = parallel.make_mesh()
   parallel.local_batch_size(config.batch_size, mesh)
   writer = metrics_io.MetricsWriter(workdir)
-  writer.write_config(config)
 
   # --- Teacher --------------------------------------------------------------------
   teacher = export.load_classifier(config.teacher,
@@ -128,11 +127,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   label_ids = np.zeros((0,), np.int64)
   if config.alpha > 0:
     path = os.path.join(config.teacher, finetune.LABEL_SUBSET_FILE)
-    if not os.path.exists(path):
+    if not files.exists(path):
       raise FileNotFoundError(f'config.alpha={config.alpha} needs the teacher\'s labelled '
                               f'subset, but {path} does not exist.')
-    with open(path, encoding='utf-8') as f:
-      label_ids = np.asarray(json.load(f), np.int64)
+    label_ids = np.asarray(json.loads(files.read_text(path)), np.int64)
 
   # --- Input: the unlabeled training images ----------------------------------
   ckpt = checkpoint.Checkpointer(f'{workdir}/checkpoints', max_to_keep=config.keep_checkpoints,
@@ -160,6 +158,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info('Resumed from step %d.', start_step)
   else:
     state, _ = finetune.create_state(config, model, tx, mesh, image_shape)
+  # Written only now: a rerun whose config does not fit the checkpoint fails in
+  # restore and leaves the run's own config.json as it was.
+  writer.write_config(config)
 
   # --- Loop ---------------------------------------------------------------------
   teacher_size = int(teacher.config.data.image_size) or train_split.image_shape[0]

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from contrastive_jax import augment, checkpoint
+from contrastive_jax import augment, checkpoint, files
 from contrastive_jax.models import build_model
 from contrastive_jax.models import classifier as classifier_lib
 
@@ -33,11 +33,10 @@ from contrastive_jax.models import classifier as classifier_lib
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config a binary saved as WORKDIR/config.json."""
   path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  if not files.exists(path):
     raise FileNotFoundError(f'{path} not found: is {workdir!r} the --workdir of a '
                             'pretrain/finetune run?')
-  with open(path, encoding='utf-8') as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(files.read_text(path)))
 
 
 @dataclasses.dataclass

@@ -16,6 +16,7 @@ loads back with `contrastive_jax.export.load_classifier(WORKDIR)`.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -28,7 +29,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from contrastive_jax import (augment, checkpoint, config_defaults, export, losses, loop,
+from contrastive_jax import (augment, checkpoint, config_defaults, export, files, losses, loop,
                              metrics_io, optim, parallel, train)
 from contrastive_jax.data import pipeline, sources
 from contrastive_jax.models import classifier as classifier_lib
@@ -94,9 +95,8 @@ def label_subset(config: ml_collections.ConfigDict, train: sources.ArraySource,
   config.label_seed) and written there.
   """
   path = os.path.join(workdir, LABEL_SUBSET_FILE)
-  if os.path.exists(path):
-    with open(path, encoding='utf-8') as f:
-      ids = np.asarray(json.load(f), np.int64)
+  if files.exists(path):
+    ids = np.asarray(json.loads(files.read_text(path)), np.int64)
     position_of = {int(i): p for p, i in enumerate(train.example_ids())}
     missing = [int(i) for i in ids if int(i) not in position_of]
     if missing:
@@ -113,11 +113,7 @@ def label_subset(config: ml_collections.ConfigDict, train: sources.ArraySource,
                                             seed=config.label_seed)
   ids = train.example_ids()[positions]
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    tmp = f'{path}.tmp-{os.getpid()}'
-    with open(tmp, 'w', encoding='utf-8') as f:
-      json.dump([int(i) for i in ids], f)
-    os.replace(tmp, path)
+    files.write_text_atomic(path, json.dumps([int(i) for i in ids]))
   return positions
 
 
@@ -273,7 +269,9 @@ def evaluate(logits_fn: Callable[[jax.Array], jax.Array], config: ml_collections
     results[f'{split}_top1'] = loop.top1(pred)
     results[f'{split}_examples'] = int(len(pred['label']))
     if config.save_logits and jax.process_index() == 0:
-      np.savez(os.path.join(workdir, f'logits_{split}.npz'), **pred)
+      buffer = io.BytesIO()
+      np.savez(buffer, **pred)
+      files.write_bytes_atomic(os.path.join(workdir, f'logits_{split}.npz'), buffer.getvalue())
   return results
 
 
@@ -289,7 +287,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = parallel.make_mesh()
   parallel.local_batch_size(config.batch_size, mesh)  # fails early if it does not divide
   writer = metrics_io.MetricsWriter(workdir)
-  writer.write_config(config)
 
   # --- Input: the labelled subset of train (minus the val carve) ---------------
   ckpt = checkpoint.Checkpointer(f'{workdir}/checkpoints', max_to_keep=config.keep_checkpoints,
@@ -330,6 +327,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     elif config.fine_tune_after_block >= 0:
       logging.warning('fine_tune_after_block=%d without init_from freezes random weights.',
                       config.fine_tune_after_block)
+  # Written only now: a rerun whose config does not fit the checkpoint fails in
+  # restore and leaves the run's own config.json as it was.
+  writer.write_config(config)
 
   # --- Loop ---------------------------------------------------------------------
   step_fn = make_train_step(model, tx, schedule, config, mesh, out_size)

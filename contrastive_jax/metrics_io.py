@@ -15,10 +15,13 @@ import math
 import os
 import sys
 import time
+import warnings
 from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
+
+from contrastive_jax import files
 
 __all__ = ['MetricsWriter', 'Progress', 'read_metrics', 'format_duration']
 
@@ -62,14 +65,6 @@ def to_json_types(obj: Any, strict: bool = False) -> Any:
   return str(obj)
 
 
-def _write_atomic(path: str, text: str) -> None:
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)  # readers never see a half-written file
-
-
 class MetricsWriter:
   """Appends scalars to WORKDIR/metrics.jsonl and TensorBoard; images to TB.
 
@@ -90,11 +85,9 @@ class MetricsWriter:
     self._tb = None
     if not self.enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
     if tensorboard_subdir:
-      # Imported here: only the writing process pays for it.
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, tensorboard_subdir))
+      self._tb = _tensorboard_writer(os.path.join(workdir, tensorboard_subdir))
 
   def write_scalars(self, step: int, metrics: Mapping[str, Any]) -> None:
     """One line {"step": step, **metrics} in metrics.jsonl, flushed now."""
@@ -102,11 +95,9 @@ class MetricsWriter:
       return
     step = int(step)
     values = {str(k): _to_float(k, v) for k, v in metrics.items()}
-    with open(self.metrics_path, 'a') as f:
-      # NaN / inf are written as NaN / Infinity, which Python's json reads back:
-      # a diverged loss should show up in the log, not crash the writer.
-      f.write(json.dumps({'step': step, **values}) + '\n')
-      f.flush()
+    # NaN / inf are written as NaN / Infinity, which Python's json reads back:
+    # a diverged loss should show up in the log, not crash the writer.
+    files.append_line(self.metrics_path, json.dumps({'step': step, **values}))
     if self._tb is not None:
       for name, value in values.items():
         self._tb.add_scalar(name, value, step)
@@ -140,7 +131,7 @@ class MetricsWriter:
     if not self.enabled:
       return
     text = json.dumps(to_json_types(obj), indent=2, sort_keys=True) + '\n'
-    _write_atomic(os.path.join(self.workdir, relpath), text)
+    files.write_text_atomic(os.path.join(self.workdir, relpath), text)
 
   def truncate(self, after_step: int) -> None:
     """Drops metrics.jsonl lines with step > after_step.
@@ -148,11 +139,11 @@ class MetricsWriter:
     Call when resuming from a checkpoint at `after_step`, so lines logged after
     that checkpoint by the interrupted run are not duplicated.
     """
-    if not self.enabled or not os.path.exists(self.metrics_path):
+    if not self.enabled or not files.exists(self.metrics_path):
       return
     kept = [r for r in read_metrics(self.workdir, os.path.basename(self.metrics_path))
             if r.get('step', 0) <= after_step]
-    _write_atomic(self.metrics_path, ''.join(json.dumps(r) + '\n' for r in kept))
+    files.write_text_atomic(self.metrics_path, ''.join(json.dumps(r) + '\n' for r in kept))
 
   def flush(self) -> None:
     if self._tb is not None:
@@ -170,17 +161,39 @@ class MetricsWriter:
     self.close()
 
 
+def _tensorboard_writer(logdir: str) -> Any:
+  """A tensorboardX SummaryWriter, or None (with a warning) where it cannot write.
+
+  tensorboardX writes gs:// (with google-cloud-storage) and s3:// (with boto3)
+  itself; metrics.jsonl is the run's record either way.
+  """
+  # Imported here: only the writing process pays for it.
+  from tensorboardX import SummaryWriter, record_writer  # pylint: disable=g-import-not-at-top
+  if files.is_remote(logdir):
+    scheme = logdir.split('://')[0]
+    # Checked up front: tensorboardX's remote writers fail in their constructor
+    # without their client library, and then again in __del__.
+    usable = {'gs': ('GCS_ENABLED', 'google-cloud-storage'), 's3': ('S3_ENABLED', 'boto3')}
+    flag, package = usable.get(scheme, (None, None))
+    if flag is None or not getattr(record_writer, flag, False):
+      reason = (f'tensorboardX writes {scheme}:// only with {package} installed' if package
+                else f'tensorboardX cannot write {scheme}:// paths')
+      warnings.warn(f'No TensorBoard events for {logdir}: {reason}; metrics.jsonl in the '
+                    'workdir has every scalar.')
+      return None
+  return SummaryWriter(logdir)
+
+
 def read_metrics(workdir: str, filename: str = METRICS_FILE) -> list[dict[str, Any]]:
   """All records of WORKDIR/metrics.jsonl, in order ([] if the file is missing).
 
   A truncated last line (the run was killed mid-write) is skipped.
   """
   path = os.path.join(workdir, filename)
-  if not os.path.exists(path):
+  if not files.exists(path):
     return []
   records = []
-  with open(path) as f:
-    lines = f.read().splitlines()
+  lines = files.read_text(path).splitlines()
   for i, line in enumerate(lines):
     if not line.strip():
       continue

@@ -9,10 +9,12 @@ backend is set and no display is needed.
 
 from __future__ import annotations
 
-import os
+import io
 from typing import Sequence
 
 import numpy as np
+
+from contrastive_jax import files
 
 
 def subsample(num: int, max_points: int, seed: int) -> np.ndarray:
@@ -90,8 +92,7 @@ def scatter_png(points: np.ndarray, labels: np.ndarray, path: str, *, title: str
   ax.set_xticks([])
   ax.set_yticks([])
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}.png'
-  fig.savefig(tmp, format='png')
-  os.replace(tmp, path)  # a viewer never sees a half-written file
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png')
+  files.write_bytes_atomic(path, buffer.getvalue())  # local or gs://, never half-written
   return path

@@ -49,7 +49,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = parallel.make_mesh()
   parallel.local_batch_size(config.batch_size, mesh)  # fails early if it does not divide
   writer = metrics_io.MetricsWriter(workdir)
-  writer.write_config(config)
 
   # --- Input ------------------------------------------------------------------
   ckpt = checkpoint.Checkpointer(f'{workdir}/checkpoints', max_to_keep=config.keep_checkpoints,
@@ -76,8 +75,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if start_step:
     state, extra = ckpt.restore(start_step, target=checkpoint.to_abstract(state))
     data.restore(extra['data'])
+    if extra.get('total_steps', total_steps) != total_steps:
+      # The schedule follows this run's length: the LR jumps at the resume step.
+      logging.warning('The checkpoint was written for %s total steps; this run has %d.',
+                      extra.get('total_steps'), total_steps)
     writer.truncate(start_step)
     logging.info('Resumed from step %d.', start_step)
+  # Written only now: a rerun whose config does not fit the checkpoint fails in
+  # restore and leaves the run's own config.json as it was.
+  writer.write_config(config)
 
   # --- Update step -------------------------------------------------------------
   step_fn = train.make_pretrain_step(model, tx, schedule, config, mesh, out_size)

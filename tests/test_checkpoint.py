@@ -199,6 +199,10 @@ def test_errors(tmp_path):
     ck.restore(2, ckpt_lib.to_abstract(x))
   with pytest.raises(ValueError, match='has no sharding'):
     ck.restore(1, {'x': jax.ShapeDtypeStruct((2,), jnp.float32)})
+  # A state that does not fit (another model / config): one error that says what to do.
+  for other in ({'x': jnp.ones((3,))}, {'x': jnp.ones((2,)), 'y': jnp.ones((2,))}):
+    with pytest.raises(ValueError, match=r'does not fit the state this run builds.*config\.json'):
+      ck.restore(1, ckpt_lib.to_abstract(other))
   with pytest.raises(TypeError, match='JSON'):
     ck.save(2, x, {'bad': object()})
   with pytest.raises(ValueError, match='max_to_keep'):

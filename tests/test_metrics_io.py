@@ -143,3 +143,57 @@ def test_format_duration():
   assert metrics_io.format_duration(192) == '3m12s'
   assert metrics_io.format_duration(3720) == '1h02m'
   assert metrics_io.format_duration(float('nan')) == '?'
+
+
+@pytest.fixture
+def fake_bucket(tmp_path, monkeypatch):
+  """gs://bucket/... served from tmp_path/bucket through etils.epath's mock.
+
+  A writer that bypassed epath (plain open / os) would instead create a folder
+  named 'gs:' in the working directory, which the tests check is absent.
+  """
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  from etils.epath import gpath  # pylint: disable=g-import-not-at-top
+  # With TensorFlow installed, epath sends gs:// to tf.io.gfile and skips the
+  # mock's backend table; without it, the mock below serves every gs:// call.
+  monkeypatch.setattr(gpath, '_is_tf_installed', lambda: False)
+  root, cwd = tmp_path / 'bucket', tmp_path / 'cwd'
+  root.mkdir()
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+
+  def local(arg):
+    if isinstance(arg, (str, os.PathLike)) and os.fspath(arg).startswith('gs://bucket/'):
+      return str(root / os.fspath(arg)[len('gs://bucket/'):])
+    return arg  # a mode, or a path the backend already mapped
+
+  def on_local(fn, path, *args, **kwargs):
+    return fn(local(path), *(local(a) for a in args), **kwargs)
+
+  names = ('open', 'exists', 'isdir', 'listdir', 'makedirs', 'mkdir', 'remove', 'rename',
+           'replace', 'stat', 'glob')
+  with epath.testing.mock_epath(**{n: on_local for n in names}):
+    yield root
+  assert not os.path.exists(cwd / 'gs:'), 'something bypassed epath'
+
+
+def test_a_bucket_workdir_gets_metrics_config_and_results(fake_bucket):
+  with pytest.warns(UserWarning, match='No TensorBoard events'):
+    writer = metrics_io.MetricsWriter('gs://bucket/run')
+  writer.write_config({'lr': 0.1})
+  for step in (1, 2, 3):
+    writer.write_scalars(step, {'loss': 1.0 / step})
+  writer.truncate(2)  # a resume from step 2
+  writer.write_scalars(3, {'loss': 0.25})
+  writer.write_json('results.json', {'top1': 0.5})
+  writer.close()
+  run = fake_bucket / 'run'
+  assert json.loads((run / 'config.json').read_text()) == {'lr': 0.1}
+  assert [r['loss'] for r in metrics_io.read_metrics('gs://bucket/run')] == [1.0, 0.5, 0.25]
+  assert json.loads((run / 'results.json').read_text()) == {'top1': 0.5}
+  assert sorted(os.listdir(run)) == ['config.json', 'metrics.jsonl', 'results.json']
+
+  from contrastive_jax import export, plots  # pylint: disable=g-import-not-at-top
+  assert export.read_config('gs://bucket/run').lr == 0.1
+  plots.scatter_png(np.zeros((4, 2)), np.arange(4), 'gs://bucket/run/eval/emb.png')
+  assert (run / 'eval' / 'emb.png').read_bytes()[:4] == b'\x89PNG'

@@ -177,6 +177,19 @@ def test_sigterm_writes_a_checkpoint_and_the_run_resumes(tmp_path):
   assert max(metrics(workdir)) == steps[0] + 2
 
 
+def test_a_rerun_with_a_config_that_does_not_fit_keeps_the_runs_config(runs, tmp_path):
+  workdir = str(tmp_path / 'rerun')
+  shutil.copytree(runs[1], workdir)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    before = f.read()
+  proc = subprocess.run(_args(workdir, '--config.model.base_width=16'), env=_env(1), cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert 'does not fit the state this run builds' in proc.stderr, proc.stderr[-3000:]
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert f.read() == before  # the checkpoints can still be rebuilt from it
+
+
 def test_invalid_config_value_fails_before_compiling(tmp_path):
   proc = subprocess.run(_args(str(tmp_path / 'bad'), '--config.model.stem=resnet_d'),
                         env=_env(1), cwd=REPO, capture_output=True, text=True, timeout=120)
