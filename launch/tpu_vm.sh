@@ -3,10 +3,19 @@
 #
 #   launch/tpu_vm.sh TPU_NAME ZONE pretrain configs/imagenet_simclr_v1.py gs://BUCKET/run1 [--config.k=v ...]
 #
-# Copies this checkout to every worker, installs it (jax[tpu]), and runs the same
-# command on all of them; jax.distributed initialises itself from the TPU
-# environment (config.multihost='auto'). Re-running resumes from the latest
-# checkpoint in the workdir; preemption (SIGTERM) writes a checkpoint first.
+# Ships this checkout (working tree, without .git and virtualenvs) to every
+# worker as a fresh ~/contrastive_jax, creates ~/cj_venv with jax[tpu] the
+# first time only (a relaunch never upgrades JAX under a running experiment),
+# and starts the same command on all workers, detached (nohup): closing the
+# laptop or losing the ssh connection does not stop training. Output goes to
+# ~/cj_logs/<workdir name>.log on each worker; follow worker 0 with
+#
+#   gcloud compute tpus tpu-vm ssh TPU_NAME --zone=ZONE --worker=0 --command='tail -f ~/cj_logs/run1.log'
+#
+# jax.distributed initialises itself from the TPU environment
+# (config.multihost='auto'). Re-running the same command resumes from the
+# latest checkpoint in the workdir; preemption (SIGTERM) writes a checkpoint
+# first, at a step all hosts agree on.
 set -euo pipefail
 if [ $# -lt 5 ]; then
   echo "usage: $0 TPU_NAME ZONE BINARY CONFIG WORKDIR [--config.key=value ...]" >&2
@@ -15,9 +24,25 @@ fi
 tpu=$1 zone=$2 binary=$3 config=$4 workdir=$5
 shift 5
 repo=$(cd "$(dirname "$0")/.." && pwd)
-gcloud compute tpus tpu-vm scp --recurse --zone="$zone" --worker=all "$repo" "$tpu":~/contrastive_jax
+run_name=$(basename "$workdir")
+overrides=''
+if [ $# -gt 0 ]; then overrides=$(printf ' %q' "$@"); fi
+
+tarball=$(mktemp -t contrastive_jax.XXXXXX.tar.gz)
+trap 'rm -f "$tarball"' EXIT
+tar -C "$repo" --exclude=.git --exclude=.venv --exclude='*.egg-info' --exclude=__pycache__ \
+  -czf "$tarball" .
+gcloud compute tpus tpu-vm scp --zone="$zone" --worker=all "$tarball" "$tpu":cj_src.tar.gz
 gcloud compute tpus tpu-vm ssh "$tpu" --zone="$zone" --worker=all --command "
-  set -e; cd ~/contrastive_jax
-  python3 -m venv ~/cj_venv && . ~/cj_venv/bin/activate
-  pip install -q -U 'jax[tpu]' && pip install -q -e .
-  python -m contrastive_jax.$binary --config=$config --workdir=$workdir $*"
+  set -e
+  rm -rf ~/contrastive_jax && mkdir -p ~/contrastive_jax ~/cj_logs
+  tar -C ~/contrastive_jax -xzf ~/cj_src.tar.gz && rm ~/cj_src.tar.gz
+  if [ ! -f ~/cj_venv/bin/activate ]; then
+    python3 -m venv ~/cj_venv && . ~/cj_venv/bin/activate && pip install -q 'jax[tpu]'
+  fi
+  . ~/cj_venv/bin/activate && cd ~/contrastive_jax && pip install -q -e .
+  nohup python -m contrastive_jax.$binary --config=$config --workdir=$workdir$overrides \
+    > ~/cj_logs/$run_name.log 2>&1 < /dev/null &
+  echo \"\$(hostname): started, log in ~/cj_logs/$run_name.log\""
+echo "Follow worker 0: gcloud compute tpus tpu-vm ssh $tpu --zone=$zone --worker=0" \
+  "--command='tail -f ~/cj_logs/$run_name.log'"
