@@ -113,8 +113,8 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   config.temperature = 0.1
   config.base_temperature = 0.0    # supcon; 0 = temperature
   config.loss_block_size = 0       # > 0: blockwise NT-Xent, O(n x block) memory
-  config.probe = True              # online linear probe on stop_gradient(h)
-  config.probe_learning_rate = 0.0  # 0 = the main schedule
+  config.probe = True              # online linear probe on stop_gradient(h), trained by
+                                   # the main optimizer and schedule (as the official code)
   config.summary_images = 8        # augmented pairs written to TensorBoard at start
 
   config.data = data_defaults()

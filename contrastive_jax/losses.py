@@ -195,6 +195,8 @@ def supcon(z: jax.Array, labels: jax.Array, *, temperature: float,
     z: [n, V, d] projections of V views of n images (this device's rows under
       `axis_name`). L2-normalised here.
     labels: [n] integer labels; views of images with equal labels are positives.
+      A label < 0 (unlabelled, e.g. STL-10's unlabelled split) matches no other
+      image: its positives are its own other views, as in SimCLR.
     temperature, base_temperature: the loss is scaled by
       temperature / base_temperature (base_temperature None or 0 = temperature).
     axis_name: mesh axis to gather z and labels over, inside `jax.shard_map`.
@@ -221,7 +223,9 @@ def supcon(z: jax.Array, labels: jax.Array, *, temperature: float,
   is_self = jnp.arange(big_n * v)[None, :] == self_col[:, None]
   logits = jnp.where(is_self, _MASK, logits)
   log_prob = logits - jax.nn.logsumexp(logits, -1, keepdims=True)
-  positive = (anchor_label[:, None] == cand_label[None, :]) & ~is_self
+  same_image = (offset + jnp.arange(n)).repeat(v)[:, None] == jnp.arange(big_n).repeat(v)[None, :]
+  same_label = (anchor_label[:, None] == cand_label[None, :]) & (anchor_label[:, None] >= 0)
+  positive = (same_label | same_image) & ~is_self
   num_pos = positive.sum(-1)
   mean_log_prob_pos = (jnp.sum(jnp.where(positive, log_prob, 0.0), -1)
                        / jnp.maximum(num_pos, 1))

@@ -33,12 +33,12 @@ def supcon_reference(z, labels, t, base_t):
   """Khosla et al. L_out over n*V anchors, float64, anchors without positives skipped."""
   n, v, _ = z.shape
   feats = _normalize(z.reshape(n * v, -1).astype(np.float64))
-  lab = np.repeat(labels, v)
+  lab, img = np.repeat(labels, v), np.repeat(np.arange(n), v)
   sim = feats @ feats.T / t
   losses_, count = 0.0, 0
   for i in range(n * v):
     others = [k for k in range(n * v) if k != i]
-    pos = [k for k in others if lab[k] == lab[i]]
+    pos = [k for k in others if (lab[k] == lab[i] and lab[i] >= 0) or img[k] == img[i]]
     if not pos:
       continue
     lse = np.log(np.sum(np.exp(sim[i, others])))
@@ -93,6 +93,19 @@ def test_supcon_matches_float64_reference(n, v, d, t, base):
                                 temperature=t, base_temperature=base)
   np.testing.assert_allclose(float(loss), supcon_reference(z, labels, t, base), rtol=1e-5)
   assert 0.0 <= float(metrics['contrast_acc']) <= 1.0
+
+
+def test_supcon_unlabelled_images_only_match_their_own_views():
+  rng = np.random.default_rng(3)
+  z = rng.normal(size=(10, 2, 6))
+  labels = np.array([0, 0, 1, -1, -1, 2, -1, 1, 0, -1])
+  loss, _ = losses.supcon(jnp.asarray(z, jnp.float32), jnp.asarray(labels), temperature=0.2)
+  np.testing.assert_allclose(float(loss), supcon_reference(z, labels, 0.2, 0.2), rtol=1e-5)
+  # All unlabelled: SimCLR's positives, so NT-Xent (not one class of everything).
+  z = jnp.asarray(z, jnp.float32)
+  sc, _ = losses.supcon(z, -jnp.ones(10, jnp.int32), temperature=0.2)
+  nt, _ = losses.nt_xent(z[:, 0], z[:, 1], temperature=0.2)
+  np.testing.assert_allclose(float(sc), float(nt), rtol=1e-6)
 
 
 def test_supcon_with_distinct_labels_equals_nt_xent():
