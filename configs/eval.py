@@ -16,9 +16,13 @@ WORKDIR/eval/metrics.jsonl + tensorboard/, WORKDIR/eval/embedding_{pca,tsne}.png
 
 The data is the init_from run's config.data; any key set under config.data
 here overrides it (e.g. --config.data.source=idx --config.data.idx_dir=...).
-Protocol (SimCLR): features computed once with the eval preprocessing; the
-linear probe's learning rate x weight decay (x feature_norm, when several are
-given) grid is chosen on the validation carve of train (the run's
+Protocol: SimCLR's linear evaluation with one deviation. SimCLR trains the
+linear head on random crop + flip views; here the features are computed once
+with the eval preprocessing (centre crop, no augmentation) and cached, so the
+whole learning-rate grid trains in seconds instead of one encoder pass per
+epoch per grid point. Numbers are therefore not the paper's protocol to the
+letter. The linear probe's learning rate x weight decay (x feature_norm, when
+several are given) grid is chosen on the validation carve of train (the run's
 config.data.val_examples, else val_fraction of train), retrained on train +
 val and reported once on test.
 

@@ -3,7 +3,9 @@
 Pure functions of arrays (no files, no logging); `contrastive_jax/eval.py` feeds
 them features extracted from a checkpoint.
 
-Linear probe (SimCLR protocol): a linear classifier (zero init, with bias) on
+Linear probe (SimCLR's protocol, but on fixed features: SimCLR augments the
+probe's training images with crop + flip; eval.py extracts the features once
+from the eval preprocessing): a linear classifier (zero init, with bias) on
 the frozen features, trained with momentum SGD (or LARS) and a cosine schedule;
 the learning rate x weight decay grid is trained at once (`jax.vmap` over the
 grid, one compile), chosen by top-1 on a validation split carved from train,
