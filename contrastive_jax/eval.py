@@ -427,6 +427,16 @@ def _is_deleted(directory: str, step: int) -> bool:
   return step not in checkpoint.checkpoint_steps(directory)
 
 
+def _on_any_process(flag: bool) -> bool:
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def _on_every_process(flag: bool) -> bool:
+  return not _on_any_process(not flag)
+
+
 # ---------------------------------------------------------------------------
 # Entry point.
 
@@ -483,21 +493,28 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   results: dict[str, Any] = {}
   try:
     while step is not None:
-      try:
-        state = extra = None
-        if need_state or config.continuous:
+      state = extra = error = None
+      if need_state or config.continuous:
+        try:
           state, extra = reader.restore(step)
+        except Exception as e:  # pylint: disable=broad-except
+          error = e
+      # Every process takes the same branch: one that skipped the step while
+      # another evaluated it would leave the other waiting in a collective.
+      if _on_any_process(error is not None):
+        # keep-K may delete a step between listing and reading it; skip it then.
+        deleted = config.continuous and (isinstance(error, FileNotFoundError)
+                                         or _is_deleted(ckpt_dir, step))
+        if not _on_every_process(deleted):
+          raise error or RuntimeError(f'Another process could not restore step {step} '
+                                      f'of {ckpt_dir}; see its log.')
+        logging.warning('Checkpoint %d was deleted while being read (%s); skipping it.',
+                        step, type(error).__name__ if error else 'on another process')
+      else:
         if extra and extra.get('total_steps'):
           total_steps = int(extra['total_steps'])
         results = _evaluate_step(ctx, step, state if need_state else None)
         evaluated.append(step)
-      except Exception as e:  # pylint: disable=broad-except
-        # keep-K may delete a step between listing and reading it; skip it then.
-        if not (config.continuous and (isinstance(e, FileNotFoundError)
-                                       or _is_deleted(ckpt_dir, step))):
-          raise
-        logging.warning('Checkpoint %d was deleted while being read (%s); skipping it.',
-                        step, type(e).__name__)
       if not config.continuous:
         break
       if total_steps is not None and step >= total_steps:
