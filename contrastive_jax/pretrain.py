@@ -120,7 +120,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     for split in splits:
       results.update(evaluate_probe(predict, variables, config.data, split,
                                     config.batch_size, mesh))
-    writer.write_scalars(step, {k: v for k, v in results.items() if k.endswith('probe_acc')})
+    # Rerunning a finished run evaluates again but logs the probe only once.
+    logged = any(r.get('step') == step and 'test_probe_acc' in r
+                 for r in metrics_io.read_metrics(workdir))
+    if not logged:
+      writer.write_scalars(step, {k: v for k, v in results.items() if k.endswith('probe_acc')})
     writer.write_json('pretrain_results.json', results)
     if jax.process_index() == 0:
       print('online linear probe: ' + ', '.join(
