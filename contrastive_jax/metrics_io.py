@@ -83,11 +83,12 @@ class MetricsWriter:
     self.enabled = (jax.process_index() == 0) if enabled is None else bool(enabled)
     self.metrics_path = os.path.join(workdir, filename)
     self._tb = None
+    self._tb_dir = os.path.join(workdir, tensorboard_subdir) if tensorboard_subdir else ''
     if not self.enabled:
       return
     files.makedirs(workdir)
-    if tensorboard_subdir:
-      self._tb = _tensorboard_writer(os.path.join(workdir, tensorboard_subdir))
+    if self._tb_dir:
+      self._tb = _tensorboard_writer(self._tb_dir)
 
   def write_scalars(self, step: int, metrics: Mapping[str, Any]) -> None:
     """One line {"step": step, **metrics} in metrics.jsonl, flushed now."""
@@ -137,9 +138,16 @@ class MetricsWriter:
     """Drops metrics.jsonl lines with step > after_step.
 
     Call when resuming from a checkpoint at `after_step`, so lines logged after
-    that checkpoint by the interrupted run are not duplicated.
+    that checkpoint by the interrupted run are not duplicated. TensorBoard's
+    events cannot be edited: a purge marker makes TensorBoard hide them.
     """
-    if not self.enabled or not files.exists(self.metrics_path):
+    if not self.enabled:
+      return
+    if self._tb is not None:
+      # TensorBoard hides the earlier events at steps > after_step from here on.
+      self._tb.close()
+      self._tb = _tensorboard_writer(self._tb_dir, purge_step=after_step + 1)
+    if not files.exists(self.metrics_path):
       return
     kept = [r for r in read_metrics(self.workdir, os.path.basename(self.metrics_path))
             if r.get('step', 0) <= after_step]
@@ -161,7 +169,7 @@ class MetricsWriter:
     self.close()
 
 
-def _tensorboard_writer(logdir: str) -> Any:
+def _tensorboard_writer(logdir: str, purge_step: int | None = None) -> Any:
   """A tensorboardX SummaryWriter, or None (with a warning) where it cannot write.
 
   tensorboardX writes gs:// (with google-cloud-storage) and s3:// (with boto3)
@@ -181,7 +189,7 @@ def _tensorboard_writer(logdir: str) -> Any:
       warnings.warn(f'No TensorBoard events for {logdir}: {reason}; metrics.jsonl in the '
                     'workdir has every scalar.')
       return None
-  return SummaryWriter(logdir)
+  return SummaryWriter(logdir, purge_step=purge_step)
 
 
 def read_metrics(workdir: str, filename: str = METRICS_FILE) -> list[dict[str, Any]]:

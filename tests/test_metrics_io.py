@@ -119,6 +119,27 @@ def test_truncate_on_resume_and_partial_last_line(tmp_path):
   assert len(metrics_io.read_metrics(workdir)) == 3
 
 
+def test_truncate_purges_the_interrupted_runs_tensorboard_events(tmp_path):
+  workdir = str(tmp_path)
+  writer = metrics_io.MetricsWriter(workdir, enabled=True)
+  for step in (10, 20, 30):
+    writer.write_scalars(step, {'loss': float(step)})
+  writer.truncate(after_step=20)
+  writer.write_scalars(30, {'loss': 0.5})
+  writer.close()
+  starts = []
+  for path in glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*')):
+    data, pos = open(path, 'rb').read(), 0
+    while pos < len(data):
+      (length,) = struct.unpack('<Q', data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      if event.HasField('session_log') and event.session_log.status == event.session_log.START:
+        starts.append(event.step)
+  # TensorBoard drops earlier events with step >= 21 when it reads this marker.
+  assert starts == [21]
+
+
 def test_progress_line(monkeypatch):
   clock = [100.0]
   monkeypatch.setattr(metrics_io.time, 'monotonic', lambda: clock[0])
