@@ -13,7 +13,6 @@ fine for a metrics log of a few thousand lines written once a log interval.
 from __future__ import annotations
 
 import os
-from typing import IO
 
 from etils import epath
 
@@ -22,43 +21,40 @@ def is_remote(path: str | os.PathLike[str]) -> bool:
   return '://' in os.fspath(path)
 
 
+def _path(path: str | os.PathLike[str]) -> epath.Path:
+  # '~' as checkpoint.py resolves it for orbax: --workdir=~/run is one folder.
+  return epath.Path(path if is_remote(path) else os.path.expanduser(os.fspath(path)))
+
+
 def exists(path: str | os.PathLike[str]) -> bool:
-  return epath.Path(path).exists()
+  return _path(path).exists()
 
 
 def makedirs(path: str | os.PathLike[str]) -> None:
-  epath.Path(path).mkdir(parents=True, exist_ok=True)
+  _path(path).mkdir(parents=True, exist_ok=True)
 
 
 def read_text(path: str | os.PathLike[str]) -> str:
-  return epath.Path(path).read_text(encoding='utf-8')
-
-
-def open_file(path: str | os.PathLike[str], mode: str = 'r') -> IO:
-  return epath.Path(path).open(mode)
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-  """Readers see the old file or the new one, never half of it."""
-  path = epath.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.parent / f'{path.name}.tmp-{os.getpid()}'
-  tmp.write_text(text, encoding='utf-8')
-  tmp.replace(path)
+  return _path(path).read_text(encoding='utf-8')
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-  path = epath.Path(path)
+  """Readers see the old file or the new one, never half of it."""
+  path = _path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.parent / f'{path.name}.tmp-{os.getpid()}'
   tmp.write_bytes(data)
   tmp.replace(path)
 
 
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+  write_bytes_atomic(path, text.encode('utf-8'))
+
+
 def append_line(path: str | os.PathLike[str], line: str) -> None:
   """Adds `line` + newline at the end of the file (created if missing)."""
   if not is_remote(path):
-    with open(path, 'a', encoding='utf-8') as f:
+    with _path(path).open('a', encoding='utf-8') as f:
       f.write(line + '\n')
       f.flush()
     return

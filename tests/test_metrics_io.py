@@ -119,6 +119,17 @@ def test_truncate_on_resume_and_partial_last_line(tmp_path):
   assert len(metrics_io.read_metrics(workdir)) == 3
 
 
+def test_a_workdir_under_tilde_is_the_home_folder(tmp_path, monkeypatch):
+  monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+  monkeypatch.chdir(tmp_path)
+  with metrics_io.MetricsWriter('~/run', enabled=True, tensorboard_subdir='') as writer:
+    writer.write_config({'a': 1})
+    writer.write_scalars(1, {'loss': 2.0})
+  assert sorted(os.listdir(tmp_path / 'home' / 'run')) == ['config.json', 'metrics.jsonl']
+  assert not os.path.exists(tmp_path / '~')  # where os.makedirs('~/run') would write
+  assert metrics_io.read_metrics('~/run') == [{'step': 1, 'loss': 2.0}]
+
+
 def test_truncate_purges_the_interrupted_runs_tensorboard_events(tmp_path):
   workdir = str(tmp_path)
   writer = metrics_io.MetricsWriter(workdir, enabled=True)
