@@ -265,9 +265,10 @@ class Checkpointer:
     except (ValueError, TypeError, KeyError) as e:
       raise ValueError(
           f'The checkpoint at step {step} in {self.directory} does not fit the state '
-          'this run builds (another model, optimizer or config?). Resume with the '
-          "config the run started with (its config.json), or use a new --workdir. "
-          f'orbax: {type(e).__name__}: {e}') from e
+          'this run builds, or could not be read. If the config differs (another '
+          'model, optimizer, ...), resume with the one the run started with (its '
+          'config.json) or use a new --workdir; otherwise see what orbax said: '
+          f'{type(e).__name__}: {e}') from e
     extra = restored[EXTRA_ITEM]
     return restored[STATE_ITEM], dict(extra) if extra is not None else {}
 

@@ -496,6 +496,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       state = extra = error = None
       if need_state or config.continuous:
         try:
+          # Agreed before orbax, whose restore ends in a barrier: a process that
+          # no longer lists the step must not skip while the others sit there.
+          # (A deletion in the middle of the read itself can still stall.)
+          if config.continuous and not _on_every_process(step in reader.all_steps()):
+            raise FileNotFoundError(f'Checkpoint {step} is gone on some process.')
           state, extra = reader.restore(step)
         except Exception as e:  # pylint: disable=broad-except
           error = e

@@ -16,8 +16,8 @@ caller passes its `PreemptionFlag.should_stop`).
 from __future__ import annotations
 
 import collections
+import os
 import signal
-import sys
 import threading
 import time
 import warnings
@@ -70,8 +70,10 @@ class PreemptionFlag:
     if self._event.is_set():  # the second Ctrl-C: the user does not want to wait
       raise KeyboardInterrupt
     self._event.set()
-    print('\nInterrupt: checkpointing at the end of this step, then stopping '
-          '(Ctrl-C again to abort without a checkpoint).', file=sys.stderr, flush=True)
+    # os.write, not print: a handler that prints while the interrupted code is
+    # itself writing to stderr raises 'reentrant call'.
+    os.write(2, b'\nInterrupt: checkpointing at the end of this step, then stopping '
+                b'(Ctrl-C again to abort without a checkpoint).\n')
 
   def should_stop(self, step: int) -> bool:
     if jax.process_count() > 1:

@@ -79,7 +79,10 @@ class MetricsWriter:
   def __init__(self, workdir: str, *, enabled: bool | None = None,
                filename: str = METRICS_FILE,
                tensorboard_subdir: str = TENSORBOARD_DIR):
-    self.workdir = workdir
+    # '~' expanded here once, so TensorBoard's directory gets it too (files.py
+    # expands it for the rest; orbax's checkpoint path is expanded the same way).
+    self.workdir = workdir if files.is_remote(workdir) else os.path.expanduser(workdir)
+    workdir = self.workdir
     self.enabled = (jax.process_index() == 0) if enabled is None else bool(enabled)
     self.metrics_path = os.path.join(workdir, filename)
     self._tb = None
@@ -146,7 +149,8 @@ class MetricsWriter:
     if self._tb is not None:
       # TensorBoard hides the earlier events at steps > after_step from here on.
       self._tb.close()
-      self._tb = _tensorboard_writer(self._tb_dir, purge_step=after_step + 1)
+      self._tb = _tensorboard_writer(self._tb_dir, purge_step=after_step + 1,
+                                     filename_suffix=f'.resumed-{os.getpid()}')
     if not files.exists(self.metrics_path):
       return
     kept = [r for r in read_metrics(self.workdir, os.path.basename(self.metrics_path))
@@ -169,7 +173,8 @@ class MetricsWriter:
     self.close()
 
 
-def _tensorboard_writer(logdir: str, purge_step: int | None = None) -> Any:
+def _tensorboard_writer(logdir: str, purge_step: int | None = None,
+                        filename_suffix: str = '') -> Any:
   """A tensorboardX SummaryWriter, or None (with a warning) where it cannot write.
 
   tensorboardX writes gs:// (with google-cloud-storage) and s3:// (with boto3)
@@ -189,7 +194,9 @@ def _tensorboard_writer(logdir: str, purge_step: int | None = None) -> Any:
       warnings.warn(f'No TensorBoard events for {logdir}: {reason}; metrics.jsonl in the '
                     'workdir has every scalar.')
       return None
-  return SummaryWriter(logdir, purge_step=purge_step)
+  # tensorboardX names event files by the second and host only: the suffix keeps
+  # a writer reopened within the same second from overwriting the first file.
+  return SummaryWriter(logdir, purge_step=purge_step, filename_suffix=filename_suffix)
 
 
 def read_metrics(workdir: str, filename: str = METRICS_FILE) -> list[dict[str, Any]]:

@@ -205,30 +205,30 @@ def test_continuous_skips_a_checkpoint_deleted_while_reading(pretrain_dir, idx_d
   assert results['evaluated_steps'] == [6]
 
 
-def test_continuous_skips_a_step_another_process_found_deleted(pretrain_dir, idx_dir, tmp_path,
-                                                                monkeypatch):
-  """Multi-host: this process read step 3, another process found it deleted.
+def test_continuous_skips_a_step_another_process_no_longer_lists(pretrain_dir, idx_dir,
+                                                                  tmp_path, monkeypatch):
+  """Multi-host: this process still lists step 3, another one saw keep-K delete it.
 
-  All processes must skip it together; evaluating it here alone would wait
-  forever in a collective the other process never joins.
+  All processes must skip it together, and before orbax's restore (which ends
+  in a barrier); evaluating it here alone would wait forever in a collective
+  the other process never joins.
   """
   run = _copy_run(pretrain_dir, str(tmp_path / 'run'), [3])
-  original = checkpoint.Checkpointer.restore
+  questions = []
 
-  def restore(self, step=None, target=None):
-    out = original(self, step, target)
-    if step == 3:  # deleted right after this process read it
+  def any_process(flag):
+    questions.append(flag)
+    if len(questions) == 1:  # "does any process miss step 3?": the other one does
       _publish(pretrain_dir, run, 6)
-      shutil.rmtree(os.path.join(run, 'checkpoints', '3'))
-    return out
+      return True
+    return flag
 
-  answers = iter([True])  # the first question: "did any process fail to restore?"
-  real = eval_lib._on_any_process
-  monkeypatch.setattr(checkpoint.Checkpointer, 'restore', restore)
-  monkeypatch.setattr(eval_lib, '_on_any_process', lambda flag: next(answers, real(flag)))
-  config = eval_config(run, idx_dir, continuous=True, modes='knn', plot=False)
+  monkeypatch.setattr(eval_lib, '_on_any_process', any_process)
+  config = eval_config(run, idx_dir, continuous=True, modes='knn', plot=False,
+                       continuous_timeout_s=60)
   results = eval_lib.evaluate(config, str(tmp_path / 'eval'))
   assert results['evaluated_steps'] == [6]
+  assert questions[0] is False  # this process itself still listed step 3
 
 
 def test_continuous_times_out_without_checkpoints(idx_dir, pretrain_dir, tmp_path):

@@ -122,10 +122,11 @@ def test_truncate_on_resume_and_partial_last_line(tmp_path):
 def test_a_workdir_under_tilde_is_the_home_folder(tmp_path, monkeypatch):
   monkeypatch.setenv('HOME', str(tmp_path / 'home'))
   monkeypatch.chdir(tmp_path)
-  with metrics_io.MetricsWriter('~/run', enabled=True, tensorboard_subdir='') as writer:
+  with metrics_io.MetricsWriter('~/run', enabled=True) as writer:
     writer.write_config({'a': 1})
     writer.write_scalars(1, {'loss': 2.0})
-  assert sorted(os.listdir(tmp_path / 'home' / 'run')) == ['config.json', 'metrics.jsonl']
+  assert sorted(os.listdir(tmp_path / 'home' / 'run')) == [
+      'config.json', 'metrics.jsonl', 'tensorboard']
   assert not os.path.exists(tmp_path / '~')  # where os.makedirs('~/run') would write
   assert metrics_io.read_metrics('~/run') == [{'step': 1, 'loss': 2.0}]
 
@@ -138,7 +139,7 @@ def test_truncate_purges_the_interrupted_runs_tensorboard_events(tmp_path):
   writer.truncate(after_step=20)
   writer.write_scalars(30, {'loss': 0.5})
   writer.close()
-  starts = []
+  starts, losses = [], []
   for path in glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*')):
     data, pos = open(path, 'rb').read(), 0
     while pos < len(data):
@@ -147,8 +148,11 @@ def test_truncate_purges_the_interrupted_runs_tensorboard_events(tmp_path):
       pos += 12 + length + 4
       if event.HasField('session_log') and event.session_log.status == event.session_log.START:
         starts.append(event.step)
-  # TensorBoard drops earlier events with step >= 21 when it reads this marker.
+      losses += [(event.step, v.simple_value) for v in event.summary.value]
+  # TensorBoard drops earlier events with step >= 21 when it reads this marker;
+  # the events before it stay (the reopened writer has a file of its own).
   assert starts == [21]
+  assert sorted(losses) == [(10, 10.0), (20, 20.0), (30, 0.5), (30, 30.0)]
 
 
 def test_progress_line(monkeypatch):
