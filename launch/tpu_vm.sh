@@ -7,7 +7,8 @@
 # worker as a fresh ~/contrastive_jax, creates ~/cj_venv with jax[tpu] the
 # first time only (a relaunch never upgrades JAX under a running experiment),
 # and starts the same command on all workers, detached (nohup): closing the
-# laptop or losing the ssh connection does not stop training. Output goes to
+# laptop or losing the ssh connection does not stop training; a relaunch
+# refuses to start while a job it started still runs. Output is appended to
 # ~/cj_logs/<workdir name>.log on each worker; follow worker 0 with
 #
 #   gcloud compute tpus tpu-vm ssh TPU_NAME --zone=ZONE --worker=0 --command='tail -f ~/cj_logs/run1.log'
@@ -25,8 +26,10 @@ tpu=$1 zone=$2 binary=$3 config=$4 workdir=$5
 shift 5
 repo=$(cd "$(dirname "$0")/.." && pwd)
 run_name=$(basename "$workdir")
-overrides=''
-if [ $# -gt 0 ]; then overrides=$(printf ' %q' "$@"); fi
+# Every value pasted into the remote command line is shell-quoted.
+args=$(printf ' %q' "--config=$config" "--workdir=$workdir" "$@")
+log=$(printf '%q' "cj_logs/$run_name.log")
+pidfile=$(printf '%q' "cj_logs/$run_name.pid")
 
 tarball=$(mktemp -t contrastive_jax.XXXXXX.tar.gz)
 trap 'rm -f "$tarball"' EXIT
@@ -35,14 +38,23 @@ tar -C "$repo" --exclude=.git --exclude=.venv --exclude='*.egg-info' --exclude=_
 gcloud compute tpus tpu-vm scp --zone="$zone" --worker=all "$tarball" "$tpu":cj_src.tar.gz
 gcloud compute tpus tpu-vm ssh "$tpu" --zone="$zone" --worker=all --command "
   set -e
-  rm -rf ~/contrastive_jax && mkdir -p ~/contrastive_jax ~/cj_logs
+  mkdir -p ~/cj_logs
+  for pidfile in ~/cj_logs/*.pid; do
+    if [ -f \"\$pidfile\" ] && kill -0 \"\$(cat \"\$pidfile\")\" 2> /dev/null; then
+      echo \"\$(hostname): the job of \$pidfile is still running; stop it first\" >&2
+      exit 1
+    fi
+  done
+  rm -rf ~/contrastive_jax && mkdir -p ~/contrastive_jax
   tar -C ~/contrastive_jax -xzf ~/cj_src.tar.gz && rm ~/cj_src.tar.gz
-  if [ ! -f ~/cj_venv/bin/activate ]; then
+  # The marker, not the venv, says jax[tpu] is in: a failed first install is retried.
+  if [ ! -f ~/cj_venv/.jax_tpu_installed ]; then
     python3 -m venv ~/cj_venv && . ~/cj_venv/bin/activate && pip install -q 'jax[tpu]'
+    touch ~/cj_venv/.jax_tpu_installed
   fi
   . ~/cj_venv/bin/activate && cd ~/contrastive_jax && pip install -q -e .
-  nohup python -m contrastive_jax.$binary --config=$config --workdir=$workdir$overrides \
-    > ~/cj_logs/$run_name.log 2>&1 < /dev/null &
-  echo \"\$(hostname): started, log in ~/cj_logs/$run_name.log\""
+  nohup python -m contrastive_jax.$binary$args >> ~/$log 2>&1 < /dev/null &
+  echo \$! > ~/$pidfile
+  echo \"\$(hostname): started, log in ~/$log\""
 echo "Follow worker 0: gcloud compute tpus tpu-vm ssh $tpu --zone=$zone --worker=0" \
   "--command='tail -f ~/cj_logs/$run_name.log'"
