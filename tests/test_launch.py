@@ -43,6 +43,16 @@ def _executable(path, text):
   os.chmod(path, os.stat(path).st_mode | stat.S_IEXEC)
 
 
+def _fake_tools(tmp_path):
+  """tmp_path/home (the worker's home), bin/gcloud (the stand-in), stubs/*."""
+  (tmp_path / 'home').mkdir()
+  for d in ('bin', 'stubs'):
+    (tmp_path / d).mkdir()
+  _executable(tmp_path / 'bin' / 'gcloud', _GCLOUD)
+  for name, body in _STUBS.items():
+    _executable(tmp_path / 'stubs' / name, '#!/usr/bin/env bash\n' + body + '\n')
+
+
 def _launch(tmp_path, *extra, seconds=0, expect_rc=0):
   env = dict(os.environ, FAKE_HOME=str(tmp_path / 'home'), CALLS=str(tmp_path / 'calls'),
              STUBS=str(tmp_path / 'stubs'), PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}",
@@ -73,12 +83,7 @@ def _alive(pidfile):
 
 
 def test_tpu_launch_ships_a_fresh_tree_installs_once_and_runs_detached(tmp_path):
-  (tmp_path / 'home').mkdir()
-  for d in ('bin', 'stubs'):
-    (tmp_path / d).mkdir()
-  _executable(tmp_path / 'bin' / 'gcloud', _GCLOUD)
-  for name, body in _STUBS.items():
-    _executable(tmp_path / 'stubs' / name, '#!/usr/bin/env bash\n' + body + '\n')
+  _fake_tools(tmp_path)
 
   proc, calls = _launch(tmp_path, '--config.batch_size=1024', "--config.note=a b'c")
   home = tmp_path / 'home'
@@ -116,12 +121,7 @@ def test_tpu_launch_ships_a_fresh_tree_installs_once_and_runs_detached(tmp_path)
 
 
 def test_a_failed_first_tpu_install_is_retried(tmp_path):
-  (tmp_path / 'home').mkdir()
-  for d in ('bin', 'stubs'):
-    (tmp_path / d).mkdir()
-  _executable(tmp_path / 'bin' / 'gcloud', _GCLOUD)
-  for name, body in _STUBS.items():
-    _executable(tmp_path / 'stubs' / name, '#!/usr/bin/env bash\n' + body + '\n')
+  _fake_tools(tmp_path)
   # The first install of jax[tpu] fails (network, quota, ...), after the venv exists.
   _executable(tmp_path / 'stubs' / 'pip', '#!/usr/bin/env bash\n' + _STUBS['pip'] +
               '\nif [ "$*" = "install -q jax[tpu]" ] && [ ! -f "$CALLS.failed" ]; then '
