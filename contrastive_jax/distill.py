@@ -152,10 +152,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                           warmup_steps=warmup_steps)
   if start_step:
     state = train.init_state(model, tx, seed=config.seed, image_shape=image_shape, mesh=mesh)
-    state, extra = ckpt.restore(start_step, target=checkpoint.to_abstract(state))
-    data.restore(extra['data'])
-    writer.truncate(start_step)
-    logging.info('Resumed from step %d.', start_step)
+    state = loop.resume(ckpt, start_step, state, data, writer, total_steps)
   else:
     state, _ = finetune.create_state(config, model, tx, mesh, image_shape)
   # Written only now: a rerun whose config does not fit the checkpoint fails in

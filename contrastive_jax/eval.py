@@ -499,7 +499,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           # Agreed before orbax, whose restore ends in a barrier: a process that
           # no longer lists the step must not skip while the others sit there.
           # (A deletion in the middle of the read itself can still stall.)
-          if config.continuous and not _on_every_process(step in reader.all_steps()):
+          if config.continuous and not _on_every_process(not _is_deleted(ckpt_dir, step)):
             raise FileNotFoundError(f'Checkpoint {step} is gone on some process.')
           state, extra = reader.restore(step)
         except Exception as e:  # pylint: disable=broad-except

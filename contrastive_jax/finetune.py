@@ -311,13 +311,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   image_shape = (out_size, out_size, image_shape[2])
   if start_step:
     state = train.init_state(model, tx, seed=config.seed, image_shape=image_shape, mesh=mesh)
-    state, extra = ckpt.restore(start_step, target=checkpoint.to_abstract(state))
-    data.restore(extra['data'])
-    if extra.get('total_steps', total_steps) != total_steps:
-      logging.warning('The checkpoint was written for %s total steps; this run has %d.',
-                      extra.get('total_steps'), total_steps)
-    writer.truncate(start_step)
-    logging.info('Resumed from step %d.', start_step)
+    state = loop.resume(ckpt, start_step, state, data, writer, total_steps)
   else:
     state, pretrained_step = create_state(config, model, tx, mesh, image_shape)
     if config.init_from:

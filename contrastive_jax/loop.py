@@ -26,9 +26,10 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 
-from contrastive_jax import metrics_io, parallel
+from contrastive_jax import checkpoint, metrics_io, parallel
 from contrastive_jax.data import pipeline
 
 
@@ -167,6 +168,24 @@ def run_steps(state: Any, step_fn: Callable[..., tuple[Any, Any]],
   ckpt.save(step, state, extra_fn(), force=True)
   ckpt.wait()
   return state, step
+
+
+def resume(ckpt, start_step: int, state: Any, data: Any,
+           writer: metrics_io.MetricsWriter, total_steps: int) -> Any:
+  """The state saved at `start_step` (shaped and sharded like `state`), with the
+  data iterator moved to its position and the metrics the interrupted run logged
+  after that step dropped. Raises (before anything is written) when the
+  checkpoint does not fit `state`.
+  """
+  state, extra = ckpt.restore(start_step, target=checkpoint.to_abstract(state))
+  data.restore(extra['data'])
+  if extra.get('total_steps', total_steps) != total_steps:
+    # The schedule follows this run's length: the LR jumps at the resume step.
+    logging.warning('The checkpoint was written for %s total steps; this run has %d.',
+                    extra.get('total_steps'), total_steps)
+  writer.truncate(start_step)
+  logging.info('Resumed from step %d.', start_step)
+  return state
 
 
 def train_until_done(state: Any, step_fn: Callable[..., tuple[Any, Any]], data: Any, *,

@@ -73,14 +73,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # --- Checkpoint: resume where the last run stopped ---------------------------
   if start_step:
-    state, extra = ckpt.restore(start_step, target=checkpoint.to_abstract(state))
-    data.restore(extra['data'])
-    if extra.get('total_steps', total_steps) != total_steps:
-      # The schedule follows this run's length: the LR jumps at the resume step.
-      logging.warning('The checkpoint was written for %s total steps; this run has %d.',
-                      extra.get('total_steps'), total_steps)
-    writer.truncate(start_step)
-    logging.info('Resumed from step %d.', start_step)
+    state = loop.resume(ckpt, start_step, state, data, writer, total_steps)
   # Written only now: a rerun whose config does not fit the checkpoint fails in
   # restore and leaves the run's own config.json as it was.
   writer.write_config(config)

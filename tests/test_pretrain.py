@@ -180,16 +180,12 @@ def test_sigterm_writes_a_checkpoint_and_the_run_resumes(tmp_path):
 def test_rerunning_a_finished_run_changes_nothing_but_evaluates_again(runs, tmp_path):
   workdir = str(tmp_path / 'finished')
   shutil.copytree(runs[1], workdir)
-  before = metrics_io_rows(workdir)
+  from contrastive_jax import metrics_io  # pylint: disable=g-import-not-at-top
+  before = metrics_io.read_metrics(workdir)
   out = run_pretrain(workdir, 1)
   assert 'online linear probe: test' in out
-  assert metrics_io_rows(workdir) == before  # no second probe line, no lost line
+  assert metrics_io.read_metrics(workdir) == before  # no second probe line, no lost line
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
-
-
-def metrics_io_rows(workdir: str) -> list[dict]:
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 def test_a_rerun_with_a_config_that_does_not_fit_keeps_the_runs_config(runs, tmp_path):
