@@ -113,9 +113,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     for split in splits:
       results.update(evaluate_probe(predict, variables, config.data, split,
                                     config.batch_size, mesh))
-    # Rerunning a finished run evaluates again but logs the probe only once.
-    logged = any(r.get('step') == step and 'test_probe_acc' in r
-                 for r in metrics_io.read_metrics(workdir))
+    # Rerunning a finished run evaluates again but logs the probe only once
+    # (read on the writing process only: the others write nothing anyway).
+    logged = writer.enabled and any(r.get('step') == step and 'test_probe_acc' in r
+                                    for r in metrics_io.read_metrics(workdir))
     if not logged:
       writer.write_scalars(step, {k: v for k, v in results.items() if k.endswith('probe_acc')})
     writer.write_json('pretrain_results.json', results)

@@ -14,11 +14,10 @@ from tensorboardX.proto import event_pb2
 from contrastive_jax import metrics_io
 
 
-def _events(workdir):
-  """(step, tag, kind) of every summary value in the TensorBoard event files."""
+def _event_records(workdir):
+  """Every Event in the TensorBoard event files under workdir/tensorboard."""
   files = glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*'))
   assert files, 'no TensorBoard event file'
-  out = []
   for path in files:
     data = open(path, 'rb').read()
     pos = 0
@@ -26,10 +25,13 @@ def _events(workdir):
       (length,) = struct.unpack('<Q', data[pos:pos + 8])
       payload = data[pos + 12:pos + 12 + length]
       pos += 12 + length + 4
-      event = event_pb2.Event.FromString(payload)
-      for value in event.summary.value:
-        out.append((event.step, value.tag, value.WhichOneof('value'), value))
-  return out
+      yield event_pb2.Event.FromString(payload)
+
+
+def _events(workdir):
+  """(step, tag, kind) of every summary value in the TensorBoard event files."""
+  return [(event.step, value.tag, value.WhichOneof('value'), value)
+          for event in _event_records(workdir) for value in event.summary.value]
 
 
 def test_write_scalars_jsonl_and_tensorboard(tmp_path):
@@ -139,16 +141,9 @@ def test_truncate_purges_the_interrupted_runs_tensorboard_events(tmp_path):
   writer.truncate(after_step=20)
   writer.write_scalars(30, {'loss': 0.5})
   writer.close()
-  starts, losses = [], []
-  for path in glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*')):
-    data, pos = open(path, 'rb').read(), 0
-    while pos < len(data):
-      (length,) = struct.unpack('<Q', data[pos:pos + 8])
-      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
-      pos += 12 + length + 4
-      if event.HasField('session_log') and event.session_log.status == event.session_log.START:
-        starts.append(event.step)
-      losses += [(event.step, v.simple_value) for v in event.summary.value]
+  starts = [e.step for e in _event_records(workdir)
+            if e.HasField('session_log') and e.session_log.status == e.session_log.START]
+  losses = [(step, v.simple_value) for step, _, _, v in _events(workdir)]
   # TensorBoard drops earlier events with step >= 21 when it reads this marker;
   # the events before it stay (the reopened writer has a file of its own).
   assert starts == [21]
