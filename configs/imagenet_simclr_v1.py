@@ -27,7 +27,13 @@ def get_config(arg: str | None = None):
   config.data.name = 'imagenet2012'
   config.data.in_memory = False     # streamed with tf.data, split per host
   config.data.image_size = 224
-  config.data.host_image_size = 256  # the device's random crop sees a 256 px square
+  # Training images arrive letterboxed (longer side 320, data.random_crop_from =
+  # 'image'), so the device's crop covers the whole photo as in SimCLR. 320, not
+  # 256: a 4:3 photo is then 320 x 240 and a crop of 8% of it still spans ~78 px
+  # before its resize to 224 (SimCLR crops the full-resolution JPEG; the earlier
+  # 256 px central square gave ~72 px). Evaluation: the central square at 320,
+  # centre crop 0.875, resize to 224, the same content as SimCLR's eval crop.
+  config.data.host_image_size = 320
   config.data.test_split = 'validation'
 
   config.augment.jitter_strength = 1.0

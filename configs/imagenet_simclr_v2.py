@@ -27,7 +27,7 @@ def get_config(arg: str | None = None):
   config.data.name = 'imagenet2012'
   config.data.in_memory = False
   config.data.image_size = 224
-  config.data.host_image_size = 256
+  config.data.host_image_size = 320  # letterboxed training images: see imagenet_simclr_v1.py
   config.data.test_split = 'validation'
 
   config.augment.jitter_strength = 1.0

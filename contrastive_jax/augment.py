@@ -297,8 +297,10 @@ def _view_uniforms(key: Array, cfg: ml_collections.ConfigDict) -> list[Array]:
 
 
 def _crop_and_flip(u_crop: Array, u_flip: Array, image: Array,
-                   cfg: ml_collections.ConfigDict, out_size: int) -> Array:
-  box = _crop_box(u_crop, image.shape[0], image.shape[1],
+                   cfg: ml_collections.ConfigDict, out_size: int,
+                   extent: Array | None = None) -> Array:
+  height, width = (image.shape[0], image.shape[1]) if extent is None else (extent[0], extent[1])
+  box = _crop_box(u_crop, height, width,
                   (cfg.crop_area_min, cfg.crop_area_max),
                   (cfg.crop_aspect_min, cfg.crop_aspect_max))
   resized = _resize_box(image, box, out_size, cfg.get('resize_precision', 'highest'))
@@ -306,11 +308,16 @@ def _crop_and_flip(u_crop: Array, u_flip: Array, image: Array,
 
 
 def simclr_view(key: Array, image: Array, cfg: ml_collections.ConfigDict,
-                out_size: int) -> Array:
+                out_size: int, extent: Array | None = None) -> Array:
   """One SimCLR view (cfg = config.augment): random resized crop, flip, colour
-  jitter, grayscale, blur, solarize; the same ops as the public functions."""
+  jitter, grayscale, blur, solarize; the same ops as the public functions.
+
+  extent: int [2], the (height, width) of the real picture in the top-left
+  corner of a letterboxed `image` (see tfds_source, random_crop_from='image');
+  the crop box is drawn inside it. None: the whole array is the picture.
+  """
   u_crop, u_flip, u_jit, u_gray, u_blur, u_sol = _view_uniforms(key, cfg)
-  x = _crop_and_flip(u_crop, u_flip, image, cfg, out_size)
+  x = _crop_and_flip(u_crop, u_flip, image, cfg, out_size, extent)
   x = _color_jitter(u_jit, x, cfg.jitter_strength, cfg.jitter_prob,
                     cfg.brightness_mode)
   x = _apply_with_prob(u_gray[0], cfg.grayscale_prob, to_grayscale, x)
@@ -322,11 +329,11 @@ def simclr_view(key: Array, image: Array, cfg: ml_collections.ConfigDict,
 
 
 def finetune_view(key: Array, image: Array, cfg: ml_collections.ConfigDict,
-                  out_size: int) -> Array:
+                  out_size: int, extent: Array | None = None) -> Array:
   """Fine-tune / linear-eval training view: crop and flip only, the same ones
-  simclr_view makes from this key."""
+  simclr_view makes from this key (extent: as there)."""
   u_crop, u_flip, *_ = _view_uniforms(key, cfg)
-  return _crop_and_flip(u_crop, u_flip, image, cfg, out_size)
+  return _crop_and_flip(u_crop, u_flip, image, cfg, out_size, extent)
 
 
 # ----------------------------------------------------------------------------
@@ -354,23 +361,34 @@ def example_keys(seed: int | Array, step: int | Array, indices: Array,
 
 def pretrain_views(seed: int | Array, step: int | Array, indices: Array,
                    images_uint8: Array, cfg: ml_collections.ConfigDict,
-                   out_size: int, num_views: int = 2) -> Array:
-  """uint8 [N, H, W, C] -> float32 [num_views, N, out_size, out_size, C]."""
+                   out_size: int, num_views: int = 2,
+                   extents: Array | None = None) -> Array:
+  """uint8 [N, H, W, C] -> float32 [num_views, N, out_size, out_size, C].
+
+  extents: int [N, 2] for letterboxed images (see simclr_view); None = whole images.
+  """
   keys = jax.vmap(lambda v: example_keys(seed, step, indices, v))(
       jnp.arange(num_views))  # [V, N]
-  # One vmap over views (not a Python loop) so the pipeline compiles once.
-  per_image = lambda k, x: simclr_view(k, x, cfg, out_size)
-  view_fn = jax.vmap(jax.vmap(per_image), in_axes=(0, None))
-  return view_fn(keys, to_float(images_uint8))
+  images = to_float(images_uint8)
+  if extents is None:
+    per_image = lambda k, x: simclr_view(k, x, cfg, out_size)
+    # One vmap over views (not a Python loop) so the pipeline compiles once.
+    return jax.vmap(jax.vmap(per_image), in_axes=(0, None))(keys, images)
+  per_image = lambda k, x, e: simclr_view(k, x, cfg, out_size, e)
+  return jax.vmap(jax.vmap(per_image), in_axes=(0, None, None))(keys, images, extents)
 
 
 def finetune_batch(seed: int | Array, step: int | Array, indices: Array,
                    images_uint8: Array, cfg: ml_collections.ConfigDict,
-                   out_size: int) -> Array:
-  """uint8 [N, H, W, C] -> crop + flip float32 [N, out_size, out_size, C] (view 0 keys)."""
+                   out_size: int, extents: Array | None = None) -> Array:
+  """uint8 [N, H, W, C] -> crop + flip float32 [N, out_size, out_size, C] (view 0 keys).
+
+  extents: as in pretrain_views."""
   keys = example_keys(seed, step, indices, 0)
-  view_fn = jax.vmap(lambda k, x: finetune_view(k, x, cfg, out_size))
-  return view_fn(keys, to_float(images_uint8))
+  images = to_float(images_uint8)
+  if extents is None:
+    return jax.vmap(lambda k, x: finetune_view(k, x, cfg, out_size))(keys, images)
+  return jax.vmap(lambda k, x, e: finetune_view(k, x, cfg, out_size, e))(keys, images, extents)
 
 
 def eval_preprocess(images_uint8: Array, out_size: int,

@@ -73,8 +73,13 @@ def data_defaults() -> ml_collections.ConfigDict:
       test_split='test',
       val_examples=0,              # carved from the end of train (balanced); 0 = none
       image_size=0,                # network input side; 0 = the source's own size
-      host_image_size=0,           # varying-size data: side of the host's central
-                                   # square (e.g. 256 for a 224 crop); 0 = image_size
+      host_image_size=0,           # varying-size data: side S the host resizes to
+                                   # (e.g. 256 for a 224 crop); 0 = image_size
+      random_crop_from='image',    # varying-size training streams: 'image' crops
+                                   # from the whole photo (letterboxed to S, longer
+                                   # side; SimCLR's crop), 'center_square' from its
+                                   # central square resized to S x S. Evaluation and
+                                   # in-memory loads always use the central square.
       in_memory=True,              # False: stream with tf.data (ImageNet-size data)
       shuffle_buffer=10_000,       # streaming only
       prefetch=2,
@@ -137,6 +142,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     'model.dtype': ('float32', 'bfloat16'),
     'model.conv': ('auto', 'xla', 'fast'),
     'data.source': ('embedded', 'idx', 'tfds', 'folder'),
+    'data.random_crop_from': ('image', 'center_square'),
     'optim.name': ('lars', 'sgd', 'adamw'),
     'optim.lr_scaling': ('linear', 'sqrt', 'none'),
     'optim.schedule': ('cosine', 'constant'),

@@ -214,6 +214,14 @@ def cross_entropy_objective(logits: jax.Array, batch: Batch, x: jax.Array,
   return loss, {'loss': loss, 'train_acc': acc}
 
 
+def batch_inputs(config: ml_collections.ConfigDict, out_size: int, step: jax.Array | int,
+                 batch: Batch) -> jax.Array:
+  """The crop + flip training inputs [N, h, w, c] of a batch at `step`; crops
+  of letterboxed images stay inside batch['extent'] when the batch has one."""
+  return augment.finetune_batch(config.seed, step, batch['index'], batch['image'],
+                                config.augment, out_size, extents=batch.get('extent'))
+
+
 def make_train_step(model: classifier_lib.Classifier, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, config: ml_collections.ConfigDict, mesh,
                     out_size: int, objective: Objective = cross_entropy_objective):
@@ -227,8 +235,7 @@ def make_train_step(model: classifier_lib.Classifier, tx: optax.GradientTransfor
   data, rep = parallel.data_sharding(mesh), parallel.replicated(mesh)
 
   def step(state: train.TrainState, batch: Batch, aux: Any):
-    x = augment.finetune_batch(config.seed, state.step, batch['index'], batch['image'],
-                               config.augment, out_size)
+    x = batch_inputs(config, out_size, state.step, batch)
     x = jax.lax.with_sharding_constraint(x, data)
 
     def loss_fn(params):

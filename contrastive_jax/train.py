@@ -69,14 +69,14 @@ def make_pretrain_step(model: nn.Module, tx: optax.GradientTransformation,
   """Returns a jitted `step(state, batch) -> (state, metrics)`; the state is donated.
 
   `batch` holds uint8 'image' [N, H, W, C], int 'label' [N] (-1 = unknown;
-  used by SupCon and the online probe only) and int 'index' [N], the global
-  example id that seeds the example's augmentation.
+  used by SupCon and the online probe only), int 'index' [N], the global
+  example id that seeds the example's augmentation, and for letterboxed
+  streams int 'extent' [N, 2] (the crop is drawn inside it).
   """
   data = parallel.data_sharding(mesh)
 
   def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-    views = augment.pretrain_views(config.seed, state.step, batch['index'], batch['image'],
-                                   config.augment, out_size)          # [2, N, h, w, c]
+    views = batch_views(config, out_size, state.step, batch)          # [2, N, h, w, c]
     n = views.shape[1]
     # Example-major order keeps both views of an example on its device.
     x = jnp.swapaxes(views, 0, 1).reshape((2 * n,) + views.shape[2:])
@@ -110,10 +110,17 @@ def make_pretrain_step(model: nn.Module, tx: optax.GradientTransformation,
                  donate_argnums=0)
 
 
+def batch_views(config: ml_collections.ConfigDict, out_size: int, step: jax.Array | int,
+                batch: Batch) -> jax.Array:
+  """The two augmented views [2, N, h, w, c] of a batch at `step`; crops of
+  letterboxed images stay inside batch['extent'] when the batch has one."""
+  return augment.pretrain_views(config.seed, step, batch['index'], batch['image'],
+                                config.augment, out_size, extents=batch.get('extent'))
+
+
 def make_view_fn(config: ml_collections.ConfigDict, out_size: int) -> Callable[[jax.Array, Batch], jax.Array]:
-  """Jitted (step, batch) -> the two augmented views [2, N, h, w, c], for summaries."""
-  return jax.jit(lambda step, batch: augment.pretrain_views(
-      config.seed, step, batch['index'], batch['image'], config.augment, out_size))
+  """Jitted (step, batch) -> batch_views, for summaries."""
+  return jax.jit(functools.partial(batch_views, config, out_size))
 
 
 def make_predict_fn(model: nn.Module, mesh: Mesh, out_size: int,

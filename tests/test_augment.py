@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from contrastive_jax import augment, config_defaults
+from contrastive_jax import augment, config_defaults, finetune, train
 
 OUT = 16
 
@@ -323,6 +323,38 @@ def test_finetune_view_is_simclr_crop_and_flip():
   finetune, plain = run(jnp.arange(8), images)
   assert finetune.shape == (8, OUT, OUT, 3) and finetune.dtype == jnp.float32
   np.testing.assert_array_equal(finetune, plain)
+
+
+def test_letterboxed_crops_stay_inside_the_extent():
+  """A 12 x 24 picture letterboxed into 24 x 24 (last row repeated, as
+  tfds_source does) with extent (12, 24) gives the views of the picture alone:
+  the same boxes, with differences only where bicubic taps pass the border."""
+  n = 32
+  pictures = _images(n, size=24)[:, :12]
+  padded = np.concatenate([pictures, np.repeat(pictures[:, -1:], 12, axis=1)], axis=1)
+  extents = np.tile(np.int32([12, 24]), (n, 1))
+  cfg = _cfg(**FULL)
+  config = ml_collections.ConfigDict(dict(seed=3, augment=cfg))
+
+  @jax.jit
+  def run(padded, extents, pictures):
+    idx = jnp.arange(n)
+    batch = dict(index=idx, image=padded, extent=extents)
+    # What the pretrain and fine-tune steps feed their networks.
+    return (train.batch_views(config, OUT, 1, batch),
+            augment.pretrain_views(3, 1, idx, pictures, cfg, OUT),
+            augment.pretrain_views(3, 1, idx, padded, cfg, OUT),
+            finetune.batch_inputs(config, OUT, 1, batch),
+            augment.finetune_batch(3, 1, idx, pictures, cfg, OUT))
+
+  inside, alone, whole_array, ft_inside, ft_alone = (
+      np.asarray(a) for a in run(padded, extents, pictures))
+  assert inside.shape == (2, n, OUT, OUT, 3)
+  assert np.abs(inside - alone).mean() < 2e-3
+  assert np.abs(ft_inside - ft_alone).mean() < 2e-3
+  assert np.abs(ft_inside - ft_alone).max() < 0.1
+  # Without the extent the boxes cover the padding: other crops altogether.
+  assert np.abs(whole_array - alone).mean() > 0.05
 
 
 def test_eval_preprocess():

@@ -400,6 +400,24 @@ def test_tfds_arrays_mock(tfds_mod, tmp_path):
       tfds_source.load_tfds_arrays('lsun', 'train', str(tmp_path))
 
 
+def test_letterbox_keeps_the_whole_picture(tfds_mod):
+  import tensorflow as tf
+  from contrastive_jax.data import tfds_source
+  picture = np.random.default_rng(0).integers(0, 256, (30, 60, 3), dtype=np.uint8)
+  image, extent = tfds_source._letterbox_fn(3, 16)(tf.io.encode_png(picture))
+  image, extent = image.numpy(), extent.numpy()
+  assert image.shape == (16, 16, 3) and image.dtype == np.uint8
+  np.testing.assert_array_equal(extent, [8, 16])
+  resized = tf.image.resize(picture, [8, 16], method='bicubic', antialias=True)
+  np.testing.assert_array_equal(image[:8], np.clip(np.round(resized.numpy()), 0, 255))
+  np.testing.assert_array_equal(image[8:], np.broadcast_to(image[7:8], (8, 16, 3)))
+  # Portrait JPEG: full height, columns repeated on the right.
+  image, extent = tfds_source._letterbox_fn(3, 16)(tf.io.encode_jpeg(picture.transpose(1, 0, 2)))
+  image, extent = image.numpy(), extent.numpy()
+  np.testing.assert_array_equal(extent, [16, 8])
+  np.testing.assert_array_equal(image[:, 8:], np.broadcast_to(image[:, 7:8], (16, 8, 3)))
+
+
 def test_tfds_stream_mock(tfds_mod, tmp_path):
   from contrastive_jax.data import tfds_source
   cfg = _data_cfg(source='tfds', name='imagenet2012', data_dir=str(tmp_path),
@@ -416,6 +434,9 @@ def test_tfds_stream_mock(tfds_mod, tmp_path):
     first = batches[0]
     assert first['image'].shape == (8, 16, 16, 3) and first['image'].dtype == np.uint8
     assert first['label'].dtype == np.int32 and first['index'].dtype == np.int64
+    # Letterboxed (random_crop_from='image'): each picture's longer side is 16.
+    assert first['extent'].shape == (8, 2) and first['extent'].dtype == np.int32
+    assert (first['extent'].max(axis=1) == 16).all() and (first['extent'] >= 1).all()
     epoch0 = np.concatenate([b['index'] for b in batches[:5]])
     np.testing.assert_array_equal(np.sort(epoch0), np.arange(40))
     epoch1 = np.concatenate([b['index'] for b in batches[5:10]])
@@ -427,10 +448,18 @@ def test_tfds_stream_mock(tfds_mod, tmp_path):
         _assert_batches_equal(next(resumed), batches[s])
       resumed.close()
     stream.close()
+    cfg.random_crop_from = 'center_square'
+    square = pipeline.make_train_iterator(cfg, global_batch_size=16, seed=1,
+                                          process_index=1, process_count=2)
+    batch = next(square)
+    square.close()
+    assert 'extent' not in batch and batch['image'].shape == (8, 16, 16, 3)
+    np.testing.assert_array_equal(batch['index'], first['index'])
     evals = list(pipeline.make_eval_iterator(cfg, 'test', global_batch_size=16,
                                              process_index=0, process_count=2))
     # 2 x 40 mocked examples -> ceil(40 / 8) = 5 batches per process, all real.
     assert len(evals) == 5 and all(b['mask'].all() for b in evals)
+    assert 'extent' not in evals[0]  # evaluation: the central square
     np.testing.assert_array_equal(np.concatenate([b['index'] for b in evals]), np.arange(40))
 
 

@@ -321,7 +321,9 @@ def make_train_iterator(data_cfg: Any, *, global_batch_size: int, seed: int,
     return tfds_source.TfdsTrainStream(
         data_cfg.name, data_cfg.train_split, data_dir=data_cfg.data_dir,
         global_batch_size=global_batch_size, seed=seed, start_step=start_step,
-        image_size=sources.host_image_size(data_cfg), shuffle_buffer=data_cfg.shuffle_buffer,
+        image_size=sources.host_image_size(data_cfg),
+        random_crop_from=data_cfg.get('random_crop_from', 'image'),
+        shuffle_buffer=data_cfg.shuffle_buffer,
         prefetch=data_cfg.prefetch, process_index=pi, process_count=pc)
   return BatchIterator(load_split(data_cfg, 'train'), global_batch_size=global_batch_size,
                        seed=seed, start_step=start_step, process_index=pi,

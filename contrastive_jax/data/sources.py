@@ -278,7 +278,8 @@ def load_folder(path: str, image_size: int = 0) -> ArraySource:
 
 def host_image_size(data_cfg: Any) -> int:
   """Side the host resizes varying-size images to (config.data.host_image_size,
-  else config.data.image_size); the device's random crop then sees that square."""
+  else config.data.image_size): the central square's side, or the letterboxed
+  picture's longer side (tfds_source, config.data.random_crop_from)."""
   return int(data_cfg.get('host_image_size', 0) or data_cfg.image_size)
 
 

@@ -16,9 +16,19 @@ Two paths:
 
 Images: a dataset whose images all have one size keeps it (the device crop makes
 the network input size). A dataset with varying sizes needs
-config.data.image_size > 0: the central square of each image is resized to
-image_size x image_size on the host (so the on-device random crop sees that
-square, not the full uncropped photo).
+config.data.image_size > 0 and is resized on the host to one side S
+(config.data.host_image_size, else image_size), in one of two ways:
+  central square   the central min(H, W) square, resized to S x S. Evaluation
+                   always (SimCLR's centre crop is then taken on the device), and
+                   in-memory loads, which serve training and evaluation alike.
+  letterbox        training streams with config.data.random_crop_from='image'
+                   (the default): the whole picture, resized so its longer side
+                   is S (aspect kept), in the top-left corner of an S x S array
+                   whose rest repeats the last row and column; the batch gets
+                   'extent' [N, 2] = the picture's (height, width), and the
+                   device's random crop is drawn inside it. So crops cover the
+                   whole photo, as in SimCLR (area fraction of the photo, not
+                   of its central square), with fixed-shape device arrays.
 
 Example ids (`index`): for in-memory loads, the row in the loaded split (files
 read in order). For streams, the example's position in the whole split, from its
@@ -122,6 +132,28 @@ def _decode_fn(channels: int, side: int, fixed_shape: tuple[int | None, ...] = (
   return decode
 
 
+def _letterbox_fn(channels: int, side: int):
+  """Encoded image bytes -> (uint8 [side, side, C], int32 [2] extent): the whole
+  picture, longer side resized to `side`, top-left; the padding repeats the last
+  row and column, so the bicubic taps just outside a crop box read what clamping
+  would."""
+  tf, _ = _import_tf()
+
+  def letterbox(encoded):
+    image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    scale = side / tf.cast(tf.maximum(h, w), tf.float32)
+    nh = tf.clip_by_value(tf.cast(tf.round(tf.cast(h, tf.float32) * scale), tf.int32), 1, side)
+    nw = tf.clip_by_value(tf.cast(tf.round(tf.cast(w, tf.float32) * scale), tf.int32), 1, side)
+    out = tf.image.resize(image, tf.stack([nh, nw]), method='bicubic', antialias=True)
+    out = tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
+    out = tf.concat([out, tf.repeat(out[-1:], side - nh, axis=0)], axis=0)
+    out = tf.concat([out, tf.repeat(out[:, -1:], side - nw, axis=1)], axis=1)
+    return tf.ensure_shape(out, [side, side, channels]), tf.stack([nh, nw])
+
+  return letterbox
+
+
 def _id_fn(builder, split: str):
   """tfds_id ('<name>-<split>.tfrecord-00012-of-01024__345') -> int64 example id."""
   tf, _ = _import_tf()
@@ -211,12 +243,19 @@ class TfdsTrainStream:
   s // steps_per_epoch and skips the first (s % steps_per_epoch) local batches
   of it before decoding, reading (not decoding) at most one epoch of records.
   Unlike the in-memory BatchIterator, batches depend on the process count.
+
+  random_crop_from: 'image' letterboxes varying-size images and adds 'extent'
+  to the batches; 'center_square' gives the central square (module docstring).
   """
 
   def __init__(self, name: str, split: str, *, data_dir: str = '', global_batch_size: int,
                seed: int, start_step: int = 0, image_size: int = 0,
-               shuffle_buffer: int = 10_000, prefetch: int = 2,
-               process_index: int | None = None, process_count: int | None = None):
+               random_crop_from: str = 'image', shuffle_buffer: int = 10_000,
+               prefetch: int = 2, process_index: int | None = None,
+               process_count: int | None = None):
+    if random_crop_from not in ('image', 'center_square'):
+      raise ValueError(f"random_crop_from={random_crop_from!r}; choose 'image' or "
+                       "'center_square' (config.data.random_crop_from).")
     _, tfds = _import_tf()
     self.name, self.split, self.seed = name, split, int(seed)
     self.global_batch_size = int(global_batch_size)
@@ -237,6 +276,8 @@ class TfdsTrainStream:
                        f'{self.local_num_examples} examples of {name}:{split}.')
     self._decode = _decode_fn(self._channels, self._side,
                               self._builder.info.features['image'].shape)
+    self._letterbox = (_letterbox_fn(self._channels, self._side)
+                       if self._side and random_crop_from == 'image' else None)
     self._example_id = _id_fn(self._builder, split)
     self.step = int(start_step)
     self._iterator: Iterator[dict[str, np.ndarray]] | None = None
@@ -274,8 +315,13 @@ class TfdsTrainStream:
     ds = ds.shuffle(self.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
     # Skip on the still-encoded records: resuming reads but does not decode.
     ds = ds.skip(skip_batches * self.local_batch_size)
-    ds = ds.map(lambda ex: dict(ex, image=decode(ex['image'])),
-                num_parallel_calls=tf.data.AUTOTUNE)
+    if self._letterbox is None:
+      ds = ds.map(lambda ex: dict(ex, image=decode(ex['image'])),
+                  num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+      letterbox = self._letterbox
+      ds = ds.map(lambda ex: dict(ex, **dict(zip(('image', 'extent'), letterbox(ex['image'])))),
+                  num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(self.local_batch_size, drop_remainder=True)
     options = tf.data.Options()
     options.deterministic = True
