@@ -5,7 +5,8 @@ them features extracted from a checkpoint.
 
 Linear probe (SimCLR's protocol, but on fixed features: SimCLR augments the
 probe's training images with crop + flip; eval.py extracts the features once
-from the eval preprocessing): a linear classifier (zero init, with bias) on
+from the eval preprocessing; configs/finetune_v1.py:linear is the augmented
+protocol): a linear classifier (zero init, with bias) on
 the frozen features, trained with momentum SGD (or LARS) and a cosine schedule;
 the learning rate x weight decay grid is trained at once (`jax.vmap` over the
 grid, one compile), chosen by top-1 on a validation split carved from train,

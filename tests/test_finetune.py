@@ -17,7 +17,7 @@ from contrastive_jax import config_defaults, export, finetune, metrics_io
 from contrastive_jax.data import pipeline
 from contrastive_jax.models import classifier as classifier_lib
 from contrastive_jax.models import tiny_model_config
-from tests.helpers import set_keys
+from tests.helpers import load_config, set_keys
 
 STEPS = 40          # the reference fine-tuning run
 PREEMPT_AT = 20     # the interrupted run stops here, then resumes
@@ -229,3 +229,20 @@ def test_load_classifier_round_trip(pretrain_dir, frozen_run):
       results['test_top1'], abs=1e-3)
   with pytest.raises(ValueError, match='load_encoder'):
     export.load_classifier(pretrain_dir)     # a pretraining run has no classifier
+
+
+def test_linear_evaluation_config_trains_only_the_classifier(pretrain_dir, tmp_path):
+  """configs/finetune_v1.py:linear (SimCLR's linear eval), shortened: every
+  label, crop + flip, and nothing but the classifier moves."""
+  config = set_keys(load_config('finetune_v1', 'linear'), {
+      'init_from': pretrain_dir, 'batch_size': 64, 'total_steps': 6,
+      'log_every_steps': 3, 'data.image_size': 16, 'data.val_examples': 500})
+  results = finetune.train_and_evaluate(config, str(tmp_path))
+  assert results['step'] == 6 and 0.0 <= results['test_top1'] <= 1.0
+  with open(tmp_path / finetune.LABEL_SUBSET_FILE) as f:
+    assert len(json.load(f)) == 10_000 - 500  # the whole embedded train split minus val
+  final = _final_state(str(tmp_path))
+  pre = export.load_pretrained(pretrain_dir).variables
+  for collection in ('params', 'batch_stats'):
+    _assert_trees_equal(final[collection]['encoder'], pre[collection]['encoder'])
+  assert np.abs(np.asarray(final['params']['classifier']['dense']['kernel'])).max() > 1e-4
