@@ -2,8 +2,10 @@
 
 LARS follows SimCLR: weight decay and the trust ratio apply only to weight
 matrices / conv kernels; BatchNorm parameters, biases and the linear probe or
-classifier head get plain momentum SGD. optax's masks default to "everywhere",
-so the masks here are built from parameter paths.
+classifier head get plain momentum SGD. SGD and AdamW decay every weight
+matrix, the head's included (SimCLR's momentum optimizer decays all but
+BatchNorm; its linear evaluation's weight decay is the classifier's). optax's
+masks default to "everywhere", so the masks here are built from parameter paths.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import jax
 import ml_collections
 import optax
 
-# Top-level modules whose parameters never get weight decay or trust-ratio
-# scaling (SimCLR excludes its supervised head from both).
+# Top-level modules whose parameters get neither weight decay nor trust-ratio
+# scaling under LARS (SimCLR's LARS excludes its supervised head from both).
 HEAD_MODULES = ('probe', 'classifier')
 
 
@@ -79,8 +81,9 @@ def build_optimizer(optim_cfg: ml_collections.ConfigDict, *, batch_size: int,
   peak = scaled_learning_rate(optim_cfg.learning_rate, batch_size, optim_cfg.lr_scaling)
   schedule = learning_rate_schedule(peak, total_steps=total_steps,
                                     warmup_steps=warmup_steps, kind=optim_cfg.schedule)
-  mask: Callable[[Any], Any] = lambda p: decay_mask(p, head_modules)
   name = optim_cfg.name
+  excluded = head_modules if name == 'lars' else ()
+  mask: Callable[[Any], Any] = lambda p: decay_mask(p, excluded)
   if name == 'lars':
     tx = optax.lars(schedule, weight_decay=optim_cfg.weight_decay, weight_decay_mask=mask,
                     trust_coefficient=optim_cfg.trust_coefficient, eps=0.0,

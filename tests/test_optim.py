@@ -103,12 +103,15 @@ def test_other_optimizers_step_and_skip_decay_on_excluded(name):
   cfg = config_defaults.optim_defaults()
   cfg.name, cfg.weight_decay, cfg.lr_scaling, cfg.schedule = name, 0.5, 'none', 'constant'
   cfg.learning_rate, cfg.nesterov = 0.1, name == 'sgd'
-  params = {'conv': {'kernel': jnp.ones((2, 2))}, 'bn': {'bias': jnp.ones((2,))}}
+  params = {'conv': {'kernel': jnp.ones((2, 2))}, 'bn': {'bias': jnp.ones((2,))},
+            'classifier': {'dense': {'kernel': jnp.ones((2, 3))}}}
   tx, _ = optim.build_optimizer(cfg, batch_size=256, total_steps=10, warmup_steps=0)
   zero_grads = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zero_grads, tx.init(params), params)
-  # With zero gradient only weight decay moves a parameter: the kernel, not the bias.
+  # With zero gradient only weight decay moves a parameter: the kernels (the
+  # classifier's too: only LARS leaves the head alone), not the bias.
   assert float(jnp.abs(updates['conv']['kernel']).sum()) > 0
+  assert float(jnp.abs(updates['classifier']['dense']['kernel']).sum()) > 0
   assert float(jnp.abs(updates['bn']['bias']).sum()) == 0
 
 
