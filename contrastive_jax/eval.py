@@ -398,7 +398,7 @@ def _plot(ctx: _Context, features: np.ndarray, labels: np.ndarray, step: int) ->
   return written
 
 
-def _evaluate_step(ctx: _Context, step: int, state: Optional[dict[str, Any]]
+def _evaluate_step(ctx: _Context, step: int, state: dict[str, Any]
                    ) -> dict[str, Any]:
   t0 = time.monotonic()
   results: dict[str, Any] = {'step': int(step), 'init_from': ctx.config.init_from,
@@ -406,7 +406,10 @@ def _evaluate_step(ctx: _Context, step: int, state: Optional[dict[str, Any]]
   if 'linear' in ctx.modes or 'knn' in ctx.modes:
     results.update(_frozen_feature_eval(ctx, state, step))
   if 'classifier' in ctx.modes:
-    classifier = export.load_classifier(ctx.config.init_from, step=step)
+    # From the state the loop restored: reading the checkpoint again would
+    # reopen the window in which keep-K deletes it (continuous mode).
+    classifier = export.classifier_from_state(ctx.run_config, state, step,
+                                              ctx.config.init_from)
     results.update(classifier_accuracy(classifier,
                                        ctx.data.batches('test', ctx.config.batch_size)))
   results['eval_seconds'] = time.monotonic() - t0
@@ -475,6 +478,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   # --- Data: the run's config.data with this config's overrides, read once ----
   run_config = export.read_config(config.init_from)
+  if 'classifier' in modes:
+    export.require_classifier_run(run_config, config.init_from)
   data_cfg = resolve_data_config(run_config.data, config.get('data'))
   single_point = len(config.linear.learning_rates) * len(config.linear.weight_decays) == 1
   data = load_eval_data(data_cfg, need_train=need_state,
@@ -494,16 +499,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   try:
     while step is not None:
       state = extra = error = None
-      if need_state or config.continuous:
-        try:
-          # Agreed before orbax, whose restore ends in a barrier: a process that
-          # no longer lists the step must not skip while the others sit there.
-          # (A deletion in the middle of the read itself can still stall.)
-          if config.continuous and not _on_every_process(not _is_deleted(ckpt_dir, step)):
-            raise FileNotFoundError(f'Checkpoint {step} is gone on some process.')
-          state, extra = reader.restore(step)
-        except Exception as e:  # pylint: disable=broad-except
-          error = e
+      try:
+        # Agreed before orbax, whose restore ends in a barrier: a process that
+        # no longer lists the step must not skip while the others sit there.
+        # (A deletion in the middle of the read itself can still stall.)
+        if config.continuous and not _on_every_process(not _is_deleted(ckpt_dir, step)):
+          raise FileNotFoundError(f'Checkpoint {step} is gone on some process.')
+        state, extra = reader.restore(step)
+      except Exception as e:  # pylint: disable=broad-except
+        error = e
       # Every process takes the same branch: one that skipped the step while
       # another evaluated it would leave the other waiting in a collective.
       if _on_any_process(error is not None):
@@ -518,7 +522,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       else:
         if extra and extra.get('total_steps'):
           total_steps = int(extra['total_steps'])
-        results = _evaluate_step(ctx, step, state if need_state else None)
+        results = _evaluate_step(ctx, step, state)
         evaluated.append(step)
       if not config.continuous:
         break

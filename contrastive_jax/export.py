@@ -170,13 +170,20 @@ class Classifier:
   __call__ = logits
 
 
-def load_classifier(workdir: str, step: Optional[int] = None) -> Classifier:
-  """The classifier of a fine-tune or distill workdir (latest checkpoint by default)."""
-  config = read_config(workdir)
+def require_classifier_run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises ValueError unless `config` (a run's config.json) is a fine-tune /
+  distill run's, i.e. its checkpoints hold a classifier."""
   if 'ft_proj_selector' not in config:
     raise ValueError(f'{workdir} is not a fine-tune or distill workdir (its config.json has '
                      'no ft_proj_selector); use load_encoder for pretraining runs.')
-  params, batch_stats, step = _restore(workdir, step)
+
+
+def classifier_from_state(config: ml_collections.ConfigDict, state: dict[str, Any],
+                          step: int, workdir: str = '') -> Classifier:
+  """The Classifier of an already restored checkpoint: `state` as
+  `Checkpointer.restore` returns it, `config` the run's config.json."""
+  require_classifier_run(config, workdir)
+  params = state['params']
   num_classes = _head_classes(params, 'classifier')
   if num_classes <= 0:
     raise ValueError(f'The checkpoint in {workdir} has no classifier parameters.')
@@ -184,4 +191,14 @@ def load_classifier(workdir: str, step: Optional[int] = None) -> Classifier:
       config.model, num_classes, ft_proj_selector=config.ft_proj_selector,
       zero_init=config.get('zero_init', True))
   return Classifier(config=config, model=model, step=int(step),
-                    variables={'params': params, 'batch_stats': batch_stats})
+                    variables={'params': params,
+                               'batch_stats': state.get('batch_stats', {})})
+
+
+def load_classifier(workdir: str, step: Optional[int] = None) -> Classifier:
+  """The classifier of a fine-tune or distill workdir (latest checkpoint by default)."""
+  config = read_config(workdir)
+  require_classifier_run(config, workdir)  # before reading any checkpoint
+  params, batch_stats, step = _restore(workdir, step)
+  return classifier_from_state(config, {'params': params, 'batch_stats': batch_stats},
+                               step, workdir)

@@ -264,13 +264,20 @@ def test_classifier_mode_scores_the_classifier_on_test(pretrain_dir, idx_dir, tm
                                                        monkeypatch):
   test = sources.load_idx(idx_dir, 'test')
   fake = FakeClassifier({img.tobytes(): int(y) for img, y in zip(test.images, test.labels)})
-  asked = []
-  monkeypatch.setattr(export, 'load_classifier',
-                      lambda workdir, step=None: asked.append((workdir, step)) or fake)
   config = eval_config(pretrain_dir, idx_dir, modes='classifier')
+  # A pretraining run holds no classifier: refused before any checkpoint is read.
+  with pytest.raises(ValueError, match='not a fine-tune or distill workdir'):
+    eval_lib.evaluate(config, str(tmp_path / 'refused'))
+  asked = []
+  monkeypatch.setattr(export, 'require_classifier_run', lambda config, workdir: None)
+  monkeypatch.setattr(export, 'classifier_from_state', lambda config, state, step, workdir:
+                      asked.append((workdir, step, sorted(state))) or fake)
+  # The classifier comes from the state the loop restored, never from a second
+  # read, which keep-K could delete in between (continuous mode).
+  monkeypatch.setattr(export, 'load_classifier', None)
   results = eval_lib.evaluate(config, str(tmp_path / 'eval'))
   even = np.array([int(img.sum()) % 2 == 0 for img in test.images])
-  assert asked == [(pretrain_dir, 6)]
+  assert asked == [(pretrain_dir, 6, ['batch_stats', 'opt_state', 'params', 'step'])]
   assert results['classifier_examples'] == 100
   assert results['classifier_top1'] == pytest.approx(even.mean())
   assert results['classifier_top5'] == 1.0
