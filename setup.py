@@ -29,7 +29,9 @@ setup(
         'tensorflow>=2.16; platform_machine!="x86_64"',
     ],
     extras_require={
-        'dev': ['pytest>=7', 'scikit-learn>=1.3', 'matplotlib>=3.7'],
+        # importlib_resources: tfds' store_as_tfds_dataset, which writes the tests'
+        # small prepared dataset of photos of varying sizes.
+        'dev': ['pytest>=7', 'scikit-learn>=1.3', 'matplotlib>=3.7', 'importlib_resources'],
         'plots': ['matplotlib>=3.7', 'scikit-learn>=1.3'],
     },
 )

@@ -21,8 +21,9 @@ linear head on random crop + flip views; here the features are computed once
 with the eval preprocessing (centre crop, no augmentation) and cached, so the
 whole learning-rate grid trains in seconds instead of one encoder pass per
 epoch per grid point. Numbers are therefore not the paper's protocol to the
-letter; that one is `finetune --config=configs/finetune_v1.py:linear`. The linear probe's learning rate x weight decay (x feature_norm, when
-several are given) grid is chosen on the validation carve of train (the run's
+letter; that one is `finetune --config=configs/finetune_v1.py:linear`. The
+linear probe's learning rate x weight decay (x feature_norm, when several are
+given) grid is chosen on the validation carve of train (the run's
 config.data.val_examples, else val_fraction of train), retrained on train +
 val and reported once on test.
 

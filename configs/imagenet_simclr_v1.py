@@ -33,6 +33,8 @@ def get_config(arg: str | None = None):
   # before its resize to 224 (SimCLR crops the full-resolution JPEG; the earlier
   # 256 px central square gave ~72 px). Evaluation: the central square at 320,
   # centre crop 0.875, resize to 224, the same content as SimCLR's eval crop.
+  # Runs started before 2026-12-02 saw the 256 px central square: resume them
+  # with --config.data.host_image_size=256 --config.data.random_crop_from=center_square.
   config.data.host_image_size = 320
   config.data.test_split = 'validation'
 

@@ -74,7 +74,7 @@ def data_defaults() -> ml_collections.ConfigDict:
       val_examples=0,              # carved from the end of train (balanced); 0 = none
       image_size=0,                # network input side; 0 = the source's own size
       host_image_size=0,           # varying-size data: side S the host resizes to
-                                   # (e.g. 256 for a 224 crop); 0 = image_size
+                                   # (e.g. 320 for a 224 crop); 0 = image_size
       random_crop_from='image',    # varying-size training streams: 'image' crops
                                    # from the whole photo (letterboxed to S, longer
                                    # side; SimCLR's crop), 'center_square' from its

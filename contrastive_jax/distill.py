@@ -9,7 +9,8 @@ the student minimises tau^2 x CE(softmax(teacher / tau), softmax(student / tau))
 over the unlabeled training images (train minus the val carve; labels unused).
 With `alpha > 0` the loss is (1 - alpha) x distillation + alpha x the labelled
 cross entropy of the batch rows that belong to the teacher's label subset
-(TEACHER/label_subset.json).
+(TEACHER/label_subset.json; a teacher fine-tuned on streamed data used every
+label). Streamed data (`data.in_memory=False`) distils over the whole split.
 
 The student is `config.model` when `model_from=''`; by default
 (`model_from='teacher'`) it has the architecture of `init_from` when set, else
@@ -69,10 +70,14 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   return finetune.resolve_config(config)
 
 
-def _with_labelled_mask(batches: Iterator[dict], label_ids: np.ndarray) -> Iterator[dict]:
-  """Adds 'labelled' (bool): the row is in the teacher's label subset."""
+def _with_labelled_mask(batches: Iterator[dict], label_ids: np.ndarray | None
+                        ) -> Iterator[dict]:
+  """Adds 'labelled' (bool): the row is in the teacher's label subset (None:
+  every row with a label)."""
   for batch in batches:
-    yield dict(batch, labelled=np.isin(batch['index'], label_ids))
+    labelled = (batch['label'] >= 0 if label_ids is None
+                else np.isin(batch['index'], label_ids))
+    yield dict(batch, labelled=labelled)
 
 
 def make_objective(teacher: export.Classifier, teacher_size: int, student_size: int,
@@ -110,7 +115,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Distils the teacher into a student in `workdir` (or resumes); returns metrics."""
   # --- Set-up: resolve the student's architecture, validate -------------------
   config = resolve_config(config)
-  finetune.validate(config)
+  finetune.validate(config, draws_label_subset=False)
   if not 0.0 <= config.alpha <= 1.0:
     raise ValueError(f'config.alpha={config.alpha} must be in [0, 1].')
   if config.temperature <= 0:
@@ -124,8 +129,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   teacher = export.load_classifier(config.teacher,
                                    None if config.teacher_step < 0 else config.teacher_step)
   teacher_variables = parallel.replicate(jax.device_get(teacher.variables), mesh)
-  label_ids = np.zeros((0,), np.int64)
-  if config.alpha > 0:
+  label_ids: np.ndarray | None = np.zeros((0,), np.int64)
+  if config.alpha > 0 and pipeline.streaming(teacher.config.data):
+    label_ids = None  # fine-tuned on every label of the stream (no subset file)
+  elif config.alpha > 0:
     path = os.path.join(config.teacher, finetune.LABEL_SUBSET_FILE)
     if not files.exists(path):
       raise FileNotFoundError(f'config.alpha={config.alpha} needs the teacher\'s labelled '
@@ -136,15 +143,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   ckpt = checkpoint.Checkpointer(f'{workdir}/checkpoints', max_to_keep=config.keep_checkpoints,
                                  save_interval_steps=config.checkpoint_every_steps)
   start_step = ckpt.latest_step() or 0
-  train_split = pipeline.load_split(config.data, 'train')
+  data = finetune.train_input(config, start_step)
   num_classes = teacher.num_classes
-  data = pipeline.BatchIterator(train_split, global_batch_size=config.batch_size,
-                                seed=config.seed, start_step=start_step,
-                                drop_remainder=False, prefetch=config.data.prefetch)
-  out_size = config.data.image_size or train_split.image_shape[0]
-  image_shape = (out_size, out_size, train_split.image_shape[2])
+  out_size = config.data.image_size or data.image_shape[0]
+  image_shape = (out_size, out_size, data.image_shape[2])
   steps_per_epoch, total_steps, warmup_steps = finetune.schedule_lengths(
-      config, train_split.num_examples)
+      config, data.num_examples)
 
   # --- Student and optimizer ----------------------------------------------------
   model = finetune.build_model(config, num_classes)
@@ -160,12 +164,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer.write_config(config)
 
   # --- Loop ---------------------------------------------------------------------
-  teacher_size = int(teacher.config.data.image_size) or train_split.image_shape[0]
+  teacher_size = int(teacher.config.data.image_size) or data.image_shape[0]
   objective = make_objective(teacher, teacher_size, out_size, config.temperature, config.alpha)
   step_fn = finetune.make_train_step(model, tx, schedule, config, mesh, out_size, objective)
   logging.info('Distilling %s into a student on %d unlabeled images for %d steps '
                '(%.1f per epoch), tau %.2f, alpha %.2f.', config.teacher,
-               train_split.num_examples, total_steps, steps_per_epoch, config.temperature,
+               data.num_examples, total_steps, steps_per_epoch, config.temperature,
                config.alpha)
   progress = metrics_io.Progress(total_steps, config.batch_size,
                                  log_every=config.log_every_steps, start_step=start_step)

@@ -7,6 +7,9 @@ Restores the encoder (and the projection layers below `ft_proj_selector`) of
 the pretraining run in `init_from`, puts a linear classifier on top and trains
 on a class-balanced subset of the training labels (`label_fraction` or
 `labels_per_class`), saved as WORKDIR/label_subset.json and reused from there.
+Streamed data (ImageNet, `data.in_memory=False`) trains on all its labels
+(label_fraction=1: the 100% fine-tune, the linear evaluation); a subset of it
+needs the split in memory, or a dataset that is the subset.
 `init_from=''` trains the same network from scratch (the baseline); the
 architecture then comes from `model_from` (a workdir) or config.model.
 Running the same command again resumes from WORKDIR/checkpoints. At the end,
@@ -66,17 +69,22 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   return config
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Fails in the first second, naming the key at fault."""
+def validate(config: ml_collections.ConfigDict, draws_label_subset: bool = True) -> None:
+  """Fails in the first second, naming the key at fault. draws_label_subset=False:
+  the run draws no label subset (distillation), so streamed data is fine."""
   config_defaults.validate(config)
   if not 0.0 < config.label_fraction <= 1.0 and config.labels_per_class <= 0:
     raise ValueError(f'config.label_fraction={config.label_fraction} must be in (0, 1] '
                      '(or set config.labels_per_class > 0).')
   if config.labels_per_class < 0:
     raise ValueError(f'config.labels_per_class={config.labels_per_class} must be >= 0.')
-  if config.data.source == 'tfds' and not config.data.in_memory:
-    raise ValueError('Fine-tuning needs the labelled subset in memory: set '
-                     'config.data.in_memory=True.')
+  if (draws_label_subset and pipeline.streaming(config.data)
+      and (config.label_fraction < 1.0 or config.labels_per_class > 0)):
+    raise ValueError(
+        f'config.label_fraction={config.label_fraction} / labels_per_class='
+        f'{config.labels_per_class} on streamed data: the class-balanced subset is '
+        'drawn in memory. Set config.data.in_memory=True, or label_fraction=1.0 with a '
+        "dataset that is the subset (e.g. config.data.name='imagenet2012_subset/1pct').")
   classifier_lib.kept_projection_layers(config.model, config.ft_proj_selector)
   if not -1 <= config.fine_tune_after_block <= classifier_lib.FREEZE_ALL:
     raise ValueError(f'config.fine_tune_after_block={config.fine_tune_after_block}; choose '
@@ -115,6 +123,21 @@ def label_subset(config: ml_collections.ConfigDict, train: sources.ArraySource,
   if jax.process_index() == 0:
     files.write_text_atomic(path, json.dumps([int(i) for i in ids]))
   return positions
+
+
+def train_input(config: ml_collections.ConfigDict, start_step: int,
+                select: Callable[[sources.ArraySource], sources.ArraySource] = lambda s: s):
+  """The training batches from `start_step`: in-memory data as a BatchIterator
+  over select(train split) (runs on across epoch ends), streamed data as
+  `pipeline.make_train_iterator`'s tf.data stream of the whole split. Both
+  have .num_examples, .num_classes, .image_shape, .state() and .restore()."""
+  if pipeline.streaming(config.data):
+    return pipeline.make_train_iterator(config.data, global_batch_size=config.batch_size,
+                                        seed=config.seed, start_step=start_step)
+  return pipeline.BatchIterator(select(pipeline.load_split(config.data, 'train')),
+                                global_batch_size=config.batch_size, seed=config.seed,
+                                start_step=start_step, drop_remainder=False,
+                                prefetch=config.data.prefetch)
 
 
 def schedule_lengths(config: ml_collections.ConfigDict, num_examples: int
@@ -299,21 +322,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   ckpt = checkpoint.Checkpointer(f'{workdir}/checkpoints', max_to_keep=config.keep_checkpoints,
                                  save_interval_steps=config.checkpoint_every_steps)
   start_step = ckpt.latest_step() or 0
-  train_split = pipeline.load_split(config.data, 'train')
-  if train_split.num_classes <= 0:
-    raise ValueError(f'{train_split.name} has no labels; fine-tuning needs a labelled '
+
+  def labelled(split: sources.ArraySource) -> sources.ArraySource:
+    if split.num_classes <= 0:
+      raise ValueError(f'{split.name} has no labels; fine-tuning needs a labelled '
+                       'config.data.source.')
+    return split.subset(label_subset(config, split, workdir), name=f'{split.name}:labelled')
+
+  data = train_input(config, start_step, labelled)
+  if data.num_classes <= 0:  # a stream
+    raise ValueError(f'{config.data.name} has no labels; fine-tuning needs a labelled '
                      'config.data.source.')
-  labelled = train_split.subset(label_subset(config, train_split, workdir),
-                                name=f'{train_split.name}:labelled')
-  data = pipeline.BatchIterator(labelled, global_batch_size=config.batch_size,
-                                seed=config.seed, start_step=start_step,
-                                drop_remainder=False, prefetch=config.data.prefetch)
-  image_shape = labelled.image_shape
+  image_shape = data.image_shape
   out_size = config.data.image_size or image_shape[0]
-  steps_per_epoch, total_steps, warmup_steps = schedule_lengths(config, labelled.num_examples)
+  steps_per_epoch, total_steps, warmup_steps = schedule_lengths(config, data.num_examples)
 
   # --- Model and optimizer; pretrained weights unless resuming ----------------
-  model = build_model(config, train_split.num_classes)
+  model = build_model(config, data.num_classes)
   tx, schedule = build_optimizer(config, total_steps=total_steps, warmup_steps=warmup_steps)
   image_shape = (out_size, out_size, image_shape[2])
   if start_step:
@@ -335,7 +360,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # --- Loop ---------------------------------------------------------------------
   step_fn = make_train_step(model, tx, schedule, config, mesh, out_size)
   logging.info('Fine-tuning on %d labelled examples for %d steps (%.2f per epoch), batch %d '
-               'on %d devices.', labelled.num_examples, total_steps, steps_per_epoch,
+               'on %d devices.', data.num_examples, total_steps, steps_per_epoch,
                config.batch_size, jax.device_count())
   progress = metrics_io.Progress(total_steps, config.batch_size,
                                  log_every=config.log_every_steps, start_step=start_step)
@@ -349,7 +374,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # --- Eval: val (for choices) and test (the reported number) ------------------
   results: dict[str, Any] = {'step': step, 'total_steps': total_steps,
-                             'label_examples': labelled.num_examples,
+                             'label_examples': data.num_examples,
                              'init_from': config.init_from, 'train_seconds': train_seconds,
                              **flusher.last}
   if step < total_steps:

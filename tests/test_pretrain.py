@@ -208,25 +208,3 @@ def test_invalid_config_value_fails_before_compiling(tmp_path):
   assert "config.model.stem='resnet_d' is not valid" in proc.stderr
   assert "'imagenet', 'cifar'" in proc.stderr
 
-
-def test_imagenet_config_on_a_mocked_tfds_stream(tmp_path):
-  """configs/imagenet_simclr_v1.py, shrunk, on tfds's mocked imagenet2012: the
-  streamed, letterboxed path (extents to the device crop) trains, evaluates
-  the probe on 'validation' and writes view summaries. In-process, because
-  tfds' mock only patches this process."""
-  tfds = pytest.importorskip('tensorflow_datasets')
-  from contrastive_jax import pretrain  # imported late: jax starts with 8 devices here
-  from tests.helpers import load_config, set_keys
-  config = set_keys(load_config('imagenet_simclr_v1'), {
-      'batch_size': 16, 'total_steps': 2, 'log_every_steps': 1,
-      'checkpoint_every_steps': 2, 'data.data_dir': str(tmp_path / 'tfds'),
-      'data.image_size': 16, 'data.host_image_size': 24, 'data.shuffle_buffer': 32,
-      'model.depth': 0, 'model.block': 'basic', 'model.stage_sizes': (1, 1),
-      'model.base_width': 8, 'model.proj_dim': 16})
-  workdir = str(tmp_path / 'run')
-  with tfds.testing.mock_data(num_examples=32):
-    results = pretrain.train_and_evaluate(config, workdir)
-  rows = metrics(workdir)
-  assert sorted(rows) == [1, 2] and all(np.isfinite(r['loss']) for r in rows.values())
-  assert results['test_examples'] == 32 and 0.0 <= results['test_probe_acc'] <= 1.0
-  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2']

@@ -299,7 +299,8 @@ def load_split(data_cfg: Any, which: str) -> ArraySource:
   return train
 
 
-def _streaming(data_cfg: Any) -> bool:
+def streaming(data_cfg: Any) -> bool:
+  """Whether config.data is read as a tf.data stream (too big for host memory)."""
   return data_cfg.source == 'tfds' and not data_cfg.in_memory
 
 
@@ -313,7 +314,7 @@ def make_train_iterator(data_cfg: Any, *, global_batch_size: int, seed: int,
   .image_shape, .steps_per_epoch, .local_batch_size and yield the same dicts.
   """
   pi, pc = process_info(process_index, process_count)
-  if _streaming(data_cfg):
+  if streaming(data_cfg):
     if data_cfg.val_examples:
       raise ValueError('config.data.val_examples > 0 needs config.data.in_memory=True '
                        '(streamed tfds data evaluates on config.data.test_split).')
@@ -335,7 +336,7 @@ def make_eval_iterator(data_cfg: Any, which: str, *, global_batch_size: int,
                        process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
   """One masked pass over 'train' | 'val' | 'test' (see `load_split`)."""
   pi, pc = process_info(process_index, process_count)
-  if _streaming(data_cfg):
+  if streaming(data_cfg):
     if which == 'val':
       raise ValueError("A 'val' carve needs config.data.in_memory=True.")
     from contrastive_jax.data import tfds_source  # pylint: disable=g-import-not-at-top

@@ -23,7 +23,8 @@ config.data.image_size > 0 and is resized on the host to one side S
                    in-memory loads, which serve training and evaluation alike.
   letterbox        training streams with config.data.random_crop_from='image'
                    (the default): the whole picture, resized so its longer side
-                   is S (aspect kept), in the top-left corner of an S x S array
+                   is S (aspect kept; smaller pictures keep their size), in the
+                   top-left corner of an S x S array
                    whose rest repeats the last row and column; the batch gets
                    'extent' [N, 2] = the picture's (height, width), and the
                    device's random crop is drawn inside it. So crops cover the
@@ -134,15 +135,16 @@ def _decode_fn(channels: int, side: int, fixed_shape: tuple[int | None, ...] = (
 
 def _letterbox_fn(channels: int, side: int):
   """Encoded image bytes -> (uint8 [side, side, C], int32 [2] extent): the whole
-  picture, longer side resized to `side`, top-left; the padding repeats the last
-  row and column, so the bicubic taps just outside a crop box read what clamping
-  would."""
+  picture, longer side resized to `side` (a smaller picture keeps its size:
+  upsampling it here would only add a second resampling before the crop's),
+  top-left; the padding repeats the last row and column, so the bicubic taps
+  just outside a crop box read what clamping would."""
   tf, _ = _import_tf()
 
   def letterbox(encoded):
     image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
     h, w = tf.shape(image)[0], tf.shape(image)[1]
-    scale = side / tf.cast(tf.maximum(h, w), tf.float32)
+    scale = tf.minimum(1.0, side / tf.cast(tf.maximum(h, w), tf.float32))
     nh = tf.clip_by_value(tf.cast(tf.round(tf.cast(h, tf.float32) * scale), tf.int32), 1, side)
     nw = tf.clip_by_value(tf.cast(tf.round(tf.cast(w, tf.float32) * scale), tf.int32), 1, side)
     out = tf.image.resize(image, tf.stack([nh, nw]), method='bicubic', antialias=True)
