@@ -76,8 +76,8 @@ def data_defaults() -> ml_collections.ConfigDict:
       host_image_size=0,           # varying-size data: side S the host resizes to
                                    # (e.g. 320 for a 224 crop); 0 = image_size
       random_crop_from='image',    # varying-size training streams: 'image' crops
-                                   # from the whole photo (letterboxed to S, longer
-                                   # side; SimCLR's crop), 'center_square' from its
+                                   # from the whole photo (letterboxed: longer side
+                                   # at most S; SimCLR's crop), 'center_square' from its
                                    # central square resized to S x S. Evaluation and
                                    # in-memory loads always use the central square.
       in_memory=True,              # False: stream with tf.data (ImageNet-size data)

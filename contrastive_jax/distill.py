@@ -131,7 +131,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   teacher_variables = parallel.replicate(jax.device_get(teacher.variables), mesh)
   label_ids: np.ndarray | None = np.zeros((0,), np.int64)
   if config.alpha > 0 and pipeline.streaming(teacher.config.data):
-    label_ids = None  # fine-tuned on every label of the stream (no subset file)
+    # A streamed fine-tune used every label of its own training split (it writes
+    # no subset file); those are this run's labelled rows only if it reads the
+    # same split, and only a fine-tune (not a distilled teacher) saw labels.
+    same = all(teacher.config.data.get(k) == config.data.get(k)
+               for k in ('source', 'name', 'data_dir', 'train_split'))
+    if not same or teacher.config.get('teacher'):
+      raise ValueError(
+          f'config.alpha={config.alpha}: the teacher {config.teacher} was trained on '
+          f'streamed {teacher.config.data.name}:{teacher.config.data.train_split}, which '
+          f'is not this run\'s {config.data.name}:{config.data.train_split} (or it is '
+          'itself distilled), so its labelled rows are unknown. Use config.alpha=0.')
+    label_ids = None  # every labelled row of the shared stream
   elif config.alpha > 0:
     path = os.path.join(config.teacher, finetune.LABEL_SUBSET_FILE)
     if not files.exists(path):
@@ -148,7 +159,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   out_size = config.data.image_size or data.image_shape[0]
   image_shape = (out_size, out_size, data.image_shape[2])
   steps_per_epoch, total_steps, warmup_steps = finetune.schedule_lengths(
-      config, data.num_examples)
+      config, data.steps_per_epoch)
 
   # --- Student and optimizer ----------------------------------------------------
   model = finetune.build_model(config, num_classes)

@@ -13,7 +13,7 @@ Modes (config.modes, comma-separated):
   linear      SimCLR's linear evaluation of the frozen encoder (probes.linear_protocol).
   knn         weighted kNN on L2-normalised features, k in config.knn.ks.
   classifier  top-1 / top-5 of a fine-tuned or distilled network's own head
-              (export.load_classifier).
+              (export.classifier_from_state on the restored checkpoint).
 Continuous mode follows a running job: each new checkpoint is evaluated
 (newest first: an evaluator that falls behind skips to the newest) until the
 step recorded as 'total_steps' in the checkpoint's extra dict is done.

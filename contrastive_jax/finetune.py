@@ -78,6 +78,11 @@ def validate(config: ml_collections.ConfigDict, draws_label_subset: bool = True)
                      '(or set config.labels_per_class > 0).')
   if config.labels_per_class < 0:
     raise ValueError(f'config.labels_per_class={config.labels_per_class} must be >= 0.')
+  if pipeline.streaming(config.data) and config.data.val_examples:
+    raise ValueError(
+        f'config.data.val_examples={config.data.val_examples} on streamed data: a val '
+        'carve needs config.data.in_memory=True. Set --config.data.val_examples=0 (the '
+        'test_split, e.g. validation, gives the reported number).')
   if (draws_label_subset and pipeline.streaming(config.data)
       and (config.label_fraction < 1.0 or config.labels_per_class > 0)):
     raise ValueError(
@@ -140,11 +145,11 @@ def train_input(config: ml_collections.ConfigDict, start_step: int,
                                 prefetch=config.data.prefetch)
 
 
-def schedule_lengths(config: ml_collections.ConfigDict, num_examples: int
+def schedule_lengths(config: ml_collections.ConfigDict, steps_per_epoch: float
                      ) -> tuple[float, int, int]:
-  """(steps_per_epoch, total_steps, warmup_steps). Epochs are over `num_examples`
-  (the labelled subset); batches run on across epoch ends (no dropped tail)."""
-  steps_per_epoch = num_examples / config.batch_size
+  """(steps_per_epoch, total_steps, warmup_steps) from the input's steps per
+  epoch: in memory, labelled examples / batch (batches run on across epoch
+  ends); streamed, whole local batches per process (each epoch's tail dropped)."""
   total = config.total_steps if config.total_steps > 0 else max(
       1, math.ceil(config.num_epochs * steps_per_epoch))
   warmup = optim.warmup_steps_from(config.optim, total_steps=total,
@@ -335,7 +340,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      'config.data.source.')
   image_shape = data.image_shape
   out_size = config.data.image_size or image_shape[0]
-  steps_per_epoch, total_steps, warmup_steps = schedule_lengths(config, data.num_examples)
+  steps_per_epoch, total_steps, warmup_steps = schedule_lengths(config, data.steps_per_epoch)
 
   # --- Model and optimizer; pretrained weights unless resuming ----------------
   model = build_model(config, data.num_classes)

@@ -2,10 +2,11 @@
 
 LARS follows SimCLR: weight decay and the trust ratio apply only to weight
 matrices / conv kernels; BatchNorm parameters, biases and the linear probe or
-classifier head get plain momentum SGD. SGD and AdamW decay every weight
-matrix, the head's included (SimCLR's momentum optimizer decays all but
-BatchNorm; its linear evaluation's weight decay is the classifier's). optax's
-masks default to "everywhere", so the masks here are built from parameter paths.
+classifier head get plain momentum SGD (shared/simclr-recipe.md). SGD and
+AdamW decay every weight matrix, the head's included (SimCLR's linear
+evaluation's weight decay is the classifier's); biases and BatchNorm
+parameters never. optax's masks default to "everywhere", so the masks here
+are built from parameter paths.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def build_optimizer(optim_cfg: ml_collections.ConfigDict, *, batch_size: int,
                     total_steps: int, warmup_steps: int,
                     head_modules: Sequence[str] = HEAD_MODULES,
                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Returns (optimizer, learning-rate schedule) for `config.optim`."""
+  """Returns (optimizer, learning-rate schedule) for `config.optim`;
+  head_modules are left alone by LARS only (see the module docstring)."""
   peak = scaled_learning_rate(optim_cfg.learning_rate, batch_size, optim_cfg.lr_scaling)
   schedule = learning_rate_schedule(peak, total_steps=total_steps,
                                     warmup_steps=warmup_steps, kind=optim_cfg.schedule)

@@ -16,14 +16,14 @@ from tests.helpers import load_config, set_keys
 
 tfds = pytest.importorskip('tensorflow_datasets')
 
-TRAIN, TEST, CLASSES = 64, 16, 3
+TRAIN, TEST, CLASSES = 72, 16, 3  # 72 / 16: each epoch drops a tail of 8
 TINY_MODEL = {'model.depth': 0, 'model.block': 'basic', 'model.stage_sizes': (1, 1),
               'model.base_width': 8, 'model.proj_dim': 16}
 
 
 @pytest.fixture(scope='module')
 def photos_dir(tmp_path_factory) -> str:
-  """tfds 'cj_photos': 64 train / 16 validation RGB photos, 12-39 px a side."""
+  """tfds 'cj_photos': 72 train / 16 validation RGB photos, 12-39 px a side."""
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   rng = np.random.default_rng(0)
 
@@ -91,6 +91,16 @@ def test_pretrain_linear_eval_and_distill_on_a_stream(photos_dir, tmp_path):
   results = finetune.train_and_evaluate(config, lin_dir)
   assert results['step'] == 5 and results['label_examples'] == TRAIN
   assert results['test_examples'] == TEST and 0.0 <= results['test_top1'] <= 1.0
+  assert not os.path.exists(os.path.join(lin_dir, finetune.LABEL_SUBSET_FILE))  # streamed
+  # Interrupted after step 2 and rerun: the stream resumes in place, same result.
+  resumed_dir = str(tmp_path / 'lin_resumed')
+  finetune.train_and_evaluate(set_keys(config.copy_and_resolve_references(),
+                                       {'stop_at_step': 2}), resumed_dir)
+  again = finetune.train_and_evaluate(config, resumed_dir)
+  assert again['test_top1'] == results['test_top1']
+  for a, b in zip(*(jax.tree.leaves(export.load_classifier(d).variables['params'])
+                    for d in (lin_dir, resumed_dir))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
   final = export.load_classifier(lin_dir).variables
   pre = export.load_pretrained(pre_dir).variables
   for a, b in zip(*(jax.tree.leaves(t['params']['encoder']) for t in (final, pre))):
@@ -110,3 +120,7 @@ def test_pretrain_linear_eval_and_distill_on_a_stream(photos_dir, tmp_path):
   assert results['step'] == 2 and 0.0 <= results['test_teacher_agreement'] <= 1.0
   rows = [r for r in _metric_rows(dis_dir) if 'labelled_rows' in r]
   assert rows and all(r['labelled_rows'] == 16 for r in rows)
+  # Another split than the teacher's: its labelled rows are unknown, refused.
+  config.data.train_split = 'train[:50%]'
+  with pytest.raises(ValueError, match='labelled rows are unknown'):
+    distill.train_and_evaluate(config, str(tmp_path / 'other_split'))
