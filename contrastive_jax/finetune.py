@@ -135,7 +135,8 @@ def train_input(config: ml_collections.ConfigDict, start_step: int,
   """The training batches from `start_step`: in-memory data as a BatchIterator
   over select(train split) (runs on across epoch ends), streamed data as
   `pipeline.make_train_iterator`'s tf.data stream of the whole split. Both
-  have .num_examples, .num_classes, .image_shape, .state() and .restore()."""
+  have .num_examples, .steps_per_epoch, .num_classes, .image_shape, .state()
+  and .restore()."""
   if pipeline.streaming(config.data):
     return pipeline.make_train_iterator(config.data, global_batch_size=config.batch_size,
                                         seed=config.seed, start_step=start_step)

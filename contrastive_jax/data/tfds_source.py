@@ -24,12 +24,12 @@ config.data.image_size > 0 and is resized on the host to one side S
   letterbox        training streams with config.data.random_crop_from='image'
                    (the default): the whole picture, resized so its longer side
                    is S (aspect kept; smaller pictures keep their size), in the
-                   top-left corner of an S x S array
-                   whose rest repeats the last row and column; the batch gets
-                   'extent' [N, 2] = the picture's (height, width), and the
-                   device's random crop is drawn inside it. So crops cover the
-                   whole photo, as in SimCLR (area fraction of the photo, not
-                   of its central square), with fixed-shape device arrays.
+                   top-left corner of an S x S array whose rest repeats the last
+                   row and column; the batch gets 'extent' [N, 2] = the
+                   picture's (height, width), and the device's random crop is
+                   drawn inside it. So crops cover the whole photo, as in
+                   SimCLR (area fraction of the photo, not of its central
+                   square), with fixed-shape device arrays.
 
 Example ids (`index`): for in-memory loads, the row in the loaded split (files
 read in order). For streams, the example's position in the whole split, from its
@@ -322,8 +322,12 @@ class TfdsTrainStream:
                   num_parallel_calls=tf.data.AUTOTUNE)
     else:
       letterbox = self._letterbox
-      ds = ds.map(lambda ex: dict(ex, **dict(zip(('image', 'extent'), letterbox(ex['image'])))),
-                  num_parallel_calls=tf.data.AUTOTUNE)
+
+      def letterboxed(ex):
+        image, extent = letterbox(ex['image'])
+        return dict(ex, image=image, extent=extent)
+
+      ds = ds.map(letterboxed, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(self.local_batch_size, drop_remainder=True)
     options = tf.data.Options()
     options.deterministic = True
