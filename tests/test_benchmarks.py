@@ -28,11 +28,13 @@ _NO_TF = (
 )
 
 
-def _run(script: str, args: list[str], env_update: dict[str, str]) -> str:
+def _run(script: str, args: list[str], env_update: dict[str, str],
+         without_tf: bool = True) -> str:
   env = dict(os.environ)
   env.pop('XLA_FLAGS', None)  # conftest's 8 devices: each script picks its own
   env.update(env_update, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
-  proc = subprocess.run([sys.executable, '-c', _NO_TF, str(REPO / 'benchmarks' / script)]
+  launcher = ['-c', _NO_TF] if without_tf else []
+  proc = subprocess.run([sys.executable, *launcher, str(REPO / 'benchmarks' / script)]
                         + args, cwd=REPO, env=env, capture_output=True, text=True,
                         timeout=600)
   assert proc.returncode == 0, f'{script} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}'
@@ -169,3 +171,16 @@ def test_semi_supervised_quick_parallel(tmp_path):
   for r in runs:
     assert 0.0 <= r['test_top1'] <= 1.0 and r['steps'] == 4
   assert set(report['best']['0.1']) == {'pretrained', 'scratch'}
+
+
+def test_host_input_quick(tmp_path):
+  """The one benchmark of the host's tf.data work (so TensorFlow is allowed)."""
+  pytest.importorskip('tensorflow')
+  out = tmp_path / 'host.jsonl'
+  stdout = _run('host_input.py', ['--quick', '--out', str(out)], {}, without_tf=False)
+  rows = _table_rows(stdout)
+  assert [(r[0], r[1]) for r in rows] == [('center_square', '32'), ('letterbox', '32')]
+  assert all(float(r[2]) > 0 for r in rows)
+  record = json.loads(out.read_text().splitlines()[-1])
+  assert record['kind'] == 'host_input' and len(record['rows']) == 2
+  assert all(_finite(r['images_per_s']) for r in record['rows'])
