@@ -131,6 +131,15 @@ def _quality_module():
   return module
 
 
+def test_quality_budget_steps_sized_above_the_calibrated_rate():
+  quality = _quality_module()
+  # 20 minutes, 60 s of fixed cost, 1.7 steps/s: 1140 s x 1.7 = 1938 steps,
+  # scheduled 5% longer (the deadline cuts an overlong schedule's tail).
+  assert abs(quality.budget_steps(20, 1.7, 60.0) - 1938 * quality.RATE_MARGIN) <= 1
+  assert quality.RATE_MARGIN > 1.0
+  assert quality.budget_steps(0.5, 1.0, 60.0) == 2  # budget under the fixed cost
+
+
 # A stand-in binary: stops cleanly on SIGTERM, as the training loop does.
 _SLOW_BINARY = (
     "import signal, sys, time\n"
