@@ -48,6 +48,17 @@ def _table_rows(stdout: str) -> list[list[str]]:
   return [[c.strip() for c in r] for r in rows[1:]]
 
 
+def _bench_module(name: str):
+  """benchmarks/<name>.py imported in-process (registered in sys.modules, as
+  its dataclasses need)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(name, REPO / 'benchmarks' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
 def _finite(x) -> bool:
   return isinstance(x, (int, float)) and math.isfinite(x)
 
@@ -89,6 +100,31 @@ def test_throughput_quick(tmp_path):
   assert result['global_batch'] == 4 and result['env']['num_devices'] == 1
 
 
+def test_bfloat16_matmul_peak_is_the_faster_of_both_outputs():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  throughput = _bench_module('throughput')
+  burst, seconds, flops, forms = throughput.matmul_burst(jnp.bfloat16, 64, calls=2)
+  for _ in range(3):
+    burst()
+  assert flops == 2.0 * 64 ** 3 and sorted(forms) == ['bfloat16 out', 'float32 out']
+  # Each burst's peak is its fastest form (XLA:CPU runs bf16 -> f32 ~2x bf16 -> bf16).
+  assert seconds == [min(forms['bfloat16 out'][i], forms['float32 out'][i]) for i in range(3)]
+  _, _, _, forms32 = throughput.matmul_burst(jnp.float32, 64, calls=2)
+  assert list(forms32) == ['float32 out']
+
+
+def test_throughput_quick_bfloat16(tmp_path):
+  out = tmp_path / 'tp.jsonl'
+  stdout = _run('throughput.py', ['--quick', '--dtype', 'bfloat16', '--naive', 'no',
+                                  '--out', str(out)], {})
+  m = json.loads(out.read_text().splitlines()[-1])['matmul']
+  forms = m['best_flops_per_s_by_form']
+  assert sorted(forms) == ['bfloat16 out', 'float32 out']
+  assert m['best_flops_per_s'] == pytest.approx(max(forms.values()))
+  assert re.search(r'\| matmul bfloat16 256\^2, (bfloat16|float32) out \(best of bfloat16 out '
+                   r'[0-9.]+, float32 out [0-9.]+\)', stdout), stdout
+
+
 def test_ntxent_scale_quick(tmp_path):
   out = tmp_path / 'nt.jsonl'
   stdout = _run('ntxent_scale.py', ['--quick', '--out', str(out)], {})
@@ -123,16 +159,8 @@ def test_quality_quick_fixed_steps(tmp_path):
   assert config['temperature'] == 0.5  # --set reaches the pretraining run
 
 
-def _quality_module():
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location('quality', REPO / 'benchmarks' / 'quality.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_quality_budget_steps_sized_above_the_calibrated_rate():
-  quality = _quality_module()
+  quality = _bench_module('quality')
   # 20 minutes, 60 s of fixed cost, 1.7 steps/s: 1140 s x 1.7 = 1938 steps,
   # scheduled 5% longer (the deadline cuts an overlong schedule's tail).
   assert abs(quality.budget_steps(20, 1.7, 60.0) - 1938 * quality.RATE_MARGIN) <= 1
@@ -150,7 +178,7 @@ _SLOW_BINARY = (
 
 
 def test_quality_deadline_stops_the_run(tmp_path, monkeypatch):
-  quality = _quality_module()
+  quality = _bench_module('quality')
   (tmp_path / 'slow_binary.py').write_text(_SLOW_BINARY)
   monkeypatch.setenv('PYTHONPATH', str(tmp_path))
   log = tmp_path / 'slow.log'
