@@ -17,7 +17,10 @@ on val): 4.9 minutes (842 steps) -> 90.0% linear probe / 87.7% kNN-20 test;
 19.9 minutes (3531 steps) -> 90.7% / 88.1% (raw pixels: 84.9% / 86.2%;
 random-init encoder: 83.1% / 80.4%). Earlier the same day (commit 56a5fb0,
 3015 steps in 18.8 minutes): 90.9% / 88.3%; on 2026-11-28's slower VM
-(370-490 images/s) 19.9 minutes gave 90.3% / 87.98%.
+(370-490 images/s) 19.9 minutes gave 90.3% / 87.98%. On 2026-12-03's VM
+(matmul ~200 GFLOP/s), with the eval grid widened to wd 1e-2 (commit
+698fcc0): 4.9 minutes (521 steps) 89.6% / 87.5%; 19.9 minutes (1980 steps)
+90.6% / 88.45%.
 """
 
 from contrastive_jax import config_defaults
