@@ -107,7 +107,8 @@ def test_bfloat16_matmul_peak_is_the_faster_of_both_outputs():
   for _ in range(3):
     burst()
   assert flops == 2.0 * 64 ** 3 and sorted(forms) == ['bfloat16 out', 'float32 out']
-  # Each burst's peak is its fastest form (XLA:CPU runs bf16 -> f32 ~2x bf16 -> bf16).
+  # Each burst's peak is its fastest form (on a CPU with AVX512-BF16, XLA:CPU ran
+  # bf16 -> f32 at ~2x bf16 -> bf16).
   assert seconds == [min(forms['bfloat16 out'][i], forms['float32 out'][i]) for i in range(3)]
   _, _, _, forms32 = throughput.matmul_burst(jnp.float32, 64, calls=2)
   assert list(forms32) == ['float32 out']
