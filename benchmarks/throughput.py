@@ -343,22 +343,21 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], steps: int,
 
 
 def matmul_burst(dtype: Any, size: int, calls: int
-                 ) -> tuple[Callable[[], None], list[float], float, dict[str, list[float]]]:
-  """(burst, seconds, FLOPs per call, seconds per form) for a size^3 matmul in `dtype`.
+                 ) -> tuple[Callable[[], None], dict[str, list[float]], float]:
+  """(burst, seconds per form, FLOPs per call) for a size^3 matmul in `dtype`.
 
   Each burst() makes `calls` back-to-back calls of each form and appends the
-  fastest call of any form to `seconds` (and each form's fastest to its list).
-  A single call straight after a long step ran at about half the rate of warm
-  repeated calls (cold threads and caches), which would inflate MFU; the best
-  of a burst is the device's rate at that moment.
+  form's fastest to its list. A single call straight after a long step ran at
+  about half the rate of warm repeated calls (cold threads and caches), which
+  would inflate MFU; the best of a burst is the device's rate at that moment.
 
   Below float32 two forms are timed: the dtype's own output (`jnp.dot`) and
   float32 output (`preferred_element_type`, what the project's CPU weight
-  gradient asks for). The peak is the faster of the two, whichever the
-  backend prefers: XLA:CPU on a CPU with AVX512-BF16 ran bf16 x bf16 -> f32
-  at 1.9x the float32 rate but bf16 -> bf16 at about the float32 rate
-  (2026-12-03, benchmarks/NOTES.md idea 37), which made bfloat16 MFU read 2x
-  too high while only the first form was timed.
+  gradient asks for). The peak is the faster of the two (fastest_per_burst),
+  whichever the backend prefers: XLA:CPU on a CPU with AVX512-BF16 ran bf16 x
+  bf16 -> f32 at 1.9x the float32 rate but bf16 -> bf16 at about the float32
+  rate (2026-12-03, benchmarks/NOTES.md idea 37), which made bfloat16 MFU read
+  2x too high while only the first form was timed.
   """
   key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
   a = jax.random.normal(key_a, (size, size), jnp.float32).astype(dtype)
@@ -367,14 +366,17 @@ def matmul_burst(dtype: Any, size: int, calls: int
   if jnp.dtype(dtype) != jnp.float32:
     forms['float32 out'] = functools.partial(jnp.dot, preferred_element_type=jnp.float32)
   compiled = {name: jax.jit(fn).lower(a, b).compile() for name, fn in forms.items()}
-  seconds: list[float] = []
-  per_form: dict[str, list[float]] = {name: [] for name in compiled}
+  seconds: dict[str, list[float]] = {name: [] for name in compiled}
 
   def burst() -> None:
     for name, dot in compiled.items():
-      per_form[name].append(min(time_calls(lambda dot=dot: dot(a, b), calls, warmup=0)))
-    seconds.append(min(ts[-1] for ts in per_form.values()))
-  return burst, seconds, 2.0 * size ** 3, per_form
+      seconds[name].append(min(time_calls(lambda dot=dot: dot(a, b), calls, warmup=0)))
+  return burst, seconds, 2.0 * size ** 3
+
+
+def fastest_per_burst(seconds: dict[str, list[float]]) -> list[float]:
+  """Per burst, the time of its fastest form: the device's matmul peak then."""
+  return [min(ts) for ts in zip(*seconds.values())]
 
 
 def synthetic_batch(global_batch: int, source_size: int, channels: int,
@@ -569,16 +571,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   # --- matmul rate in the compute dtype (MFU's denominator): a burst of
   # matmuls per round of steps, the rate of the same minutes as the steps.
   size = args.matmul_size or (2048 if backend == 'cpu' else 8192)
-  burst, mm_times, matmul_flops, mm_forms = matmul_burst(
+  burst, mm_form_times, matmul_flops = matmul_burst(
       _DTYPES[args.dtype], size, calls=5 if backend == 'cpu' else 20)
 
   # --- timing: the steps and the matmul bursts take turns (time_interleaved),
   # so the ratio and MFU are measured on the same minutes of the machine.
   times = time_interleaved(calls + [burst], args.steps, args.warmup)
-  times.pop()  # the bursts' own wall times; mm_times has each burst's best call
-  mm_times = mm_times[-args.steps:]  # warm-up rounds dropped
+  times.pop()  # the bursts' own wall times; mm_form_times has each burst's best call
+  # Warm-up rounds dropped.
+  mm_form_times = {name: ts[-args.steps:] for name, ts in mm_form_times.items()}
+  mm_times = fastest_per_burst(mm_form_times)
   mm_best, mm_median = matmul_flops / min(mm_times), matmul_flops / statistics.median(mm_times)
-  mm_forms = {name: matmul_flops / min(ts[-args.steps:]) for name, ts in mm_forms.items()}
   loss = float(jax.device_get(project_call()[1]['loss']))
   project = Timing('project', compile_s, statistics.median(times[0]), min(times[0]),
                    max(times[0]), flops, flops_src, len(times[0]), executed_flops)
@@ -612,7 +615,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       global_batch=global_batch, views_per_image=2,
       matmul=dict(dtype=args.dtype, size=size, best_flops_per_s=mm_best,
                   median_flops_per_s=mm_median, bursts=len(mm_times),
-                  best_flops_per_s_by_form=mm_forms),
+                  best_flops_per_s_by_form={name: matmul_flops / min(ts)
+                                            for name, ts in mm_form_times.items()}),
       loss_after=dict(project=loss, naive=naive_loss))
   for t in (project, aug, naive, *ablation):
     if t is None:

@@ -103,14 +103,16 @@ def test_throughput_quick(tmp_path):
 def test_bfloat16_matmul_peak_is_the_faster_of_both_outputs():
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   throughput = _bench_module('throughput')
-  burst, seconds, flops, forms = throughput.matmul_burst(jnp.bfloat16, 64, calls=2)
+  burst, forms, flops = throughput.matmul_burst(jnp.bfloat16, 64, calls=2)
   for _ in range(3):
     burst()
   assert flops == 2.0 * 64 ** 3 and sorted(forms) == ['bfloat16 out', 'float32 out']
+  assert [len(ts) for ts in forms.values()] == [3, 3]
   # Each burst's peak is its fastest form (on a CPU with AVX512-BF16, XLA:CPU ran
   # bf16 -> f32 at ~2x bf16 -> bf16).
+  seconds = throughput.fastest_per_burst(forms)
   assert seconds == [min(forms['bfloat16 out'][i], forms['float32 out'][i]) for i in range(3)]
-  _, _, _, forms32 = throughput.matmul_burst(jnp.float32, 64, calls=2)
+  _, forms32, _ = throughput.matmul_burst(jnp.float32, 64, calls=2)
   assert list(forms32) == ['float32 out']
 
 
