@@ -72,6 +72,11 @@ def get_config(arg: str | None = None):
   # flatten 90.3% / 87.98% (benchmarks/NOTES.md, idea 6).
   config.model.pool = 'flatten'
   config.model.num_proj_layers = 2
+  # Every map here is small (10, 5, 3 px), where XLA's own (Eigen) weight
+  # gradient beats models/cpu_conv.py's: the step ran 1.07-1.13x faster in
+  # one process, 20-40 steps per side (NOTES.md, throughput idea 38). It
+  # needs the Eigen convolutions the binaries switch on (xla_cpu.py).
+  config.model.conv_xla_wgrad_below = 16
   # The head's hidden layer stays 256 wide (h's width with avg pooling), so
   # its first layer costs 2304x256, not 2304x2304, per view.
   config.model.proj_hidden_dim = 256

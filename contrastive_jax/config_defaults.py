@@ -57,6 +57,8 @@ def model_defaults() -> ml_collections.ConfigDict:
       dtype='float32',             # compute dtype: 'float32' | 'bfloat16'
       conv='auto',                 # 'auto': fast-weight-gradient conv on CPU, XLA's
                                    # elsewhere | 'xla' | 'fast' (models/cpu_conv.py)
+      conv_xla_wgrad_below=0,      # fast conv: XLA's weight gradient on maps under
+                                   # this many px (0 = never; cpu_conv.py says when)
       bn_momentum=0.9,
       bn_epsilon=1e-5,
   ))
@@ -170,6 +172,9 @@ def validate(config: ml_collections.ConfigDict,
           f'(e.g. --config.{key}={valid[0]!r}).')
   if config.get('batch_size', 1) <= 0:
     raise ValueError(f'config.batch_size={config.batch_size} must be positive.')
+  if 'model' in config and config.model.get('conv_xla_wgrad_below', 0) < 0:
+    raise ValueError(f'config.model.conv_xla_wgrad_below={config.model.conv_xla_wgrad_below} '
+                     'must be >= 0 (px; 0 = our weight gradient on every map).')
   if 'augment' in config:
     a = config.augment
     if not 0 < a.crop_area_min <= a.crop_area_max <= 1:

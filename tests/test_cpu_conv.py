@@ -268,6 +268,26 @@ def test_small_map_rule(hw, small):
   assert ('conv_general_dilated' not in jaxpr) == small
 
 
+@pytest.mark.parametrize('hw,k,below,expect', [
+    ((8, 8), 3, 16, 'xla'), ((15, 4), 3, 16, 'xla'), ((16, 16), 3, 16, 'fast'),
+    ((8, 20), 3, 16, 'fast'), ((8, 8), 1, 16, 'fast'), ((8, 8), 3, 0, 'fast')])
+def test_xla_wgrad_below_rule(hw, k, below, expect):
+  """wgrad='auto' takes XLA's weight gradient exactly for kernels > 1x1 on maps
+  under `xla_wgrad_below` px on both sides: its backward is that wgrad's."""
+  x, w, dy = _inputs(2, hw[0], hw[1], 4, 5, k, 1)
+
+  def jaxpr(**kw):
+    conv = functools.partial(cpu_conv.conv_general_dilated, window_strides=(1, 1),
+                             padding='SAME', dimension_numbers=DN, chunk_bytes=4096, **kw)
+    return str(jax.make_jaxpr(functools.partial(_value_and_grads, conv))(x, w, dy))
+
+  got = jaxpr(wgrad='auto', xla_wgrad_below=below)
+  assert got == jaxpr(wgrad=expect)
+  assert got != jaxpr(wgrad={'xla': 'fast', 'fast': 'xla'}[expect])
+  with pytest.raises(ValueError, match='xla_wgrad_below'):
+    jaxpr(xla_wgrad_below=-1)
+
+
 def test_scheme_choice():
   assert cpu_conv.choose_scheme((3, 3), (1, 1), 64, 64, (32, 32)) == 'mixed'
   assert cpu_conv.choose_scheme((3, 3), (1, 1), 256, 256, (8, 8)) == 'full'
@@ -287,6 +307,12 @@ def test_conv_cls_for_backend():
   assert cpu_conv.Conv.__name__ == 'Conv' and cpu_conv.CpuConv is cpu_conv.Conv
   with pytest.raises(ValueError):
     cpu_conv.conv_cls_for_backend('oneDNN')
+  # A threshold only changes the fast Conv: a partial that still builds a Conv.
+  assert cpu_conv.conv_cls_for_backend(backend='gpu', xla_wgrad_below=16) is nn.Conv
+  assert cpu_conv.conv_cls_for_backend('fast', xla_wgrad_below=0) is cpu_conv.Conv
+  conv = cpu_conv.conv_cls_for_backend(backend='cpu', xla_wgrad_below=16)(4, (3, 3))
+  assert type(conv) is cpu_conv.Conv
+  assert conv.conv_general_dilated.keywords == {'xla_wgrad_below': 16}
 
 
 @pytest.mark.slow  # ~20 s: compiles the tiny ResNet's gradient twice

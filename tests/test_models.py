@@ -12,6 +12,7 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -490,6 +491,12 @@ def test_build_config_resolution_and_errors():
     models.resolve_architecture(_cfg(depth=42))
   with pytest.raises(ValueError, match='dtype'):
     models.build_encoder(_cfg(dtype='float16'))
+  # conv_xla_wgrad_below reaches the CPU conv (configs/fashion_mnist.py sets it).
+  enc = models.build_encoder(_cfg(depth=18, conv='fast', conv_xla_wgrad_below=16))
+  assert enc.conv_cls.keywords['conv_general_dilated'].keywords == {'xla_wgrad_below': 16}
+  with pytest.raises(ValueError, match='conv_xla_wgrad_below'):
+    config_defaults.validate(ml_collections.ConfigDict(
+        {'model': _cfg(conv_xla_wgrad_below=-1)}))
   tiny = models.tiny_model_config()
   assert set(tiny) == set(config_defaults.model_defaults())
   assert (tiny.depth, tuple(tiny.stage_sizes), tiny.block, tiny.base_width, tiny.stem,

@@ -86,7 +86,8 @@ def _conv_cls(model_cfg: ml_collections.ConfigDict, conv_cls: Any) -> Any:
   if conv_cls is not None:
     return conv_cls
   from contrastive_jax.models import cpu_conv  # pylint: disable=g-import-not-at-top
-  return cpu_conv.conv_cls_for_backend(model_cfg.get('conv', 'auto'))
+  return cpu_conv.conv_cls_for_backend(model_cfg.get('conv', 'auto'),
+                                       xla_wgrad_below=model_cfg.get('conv_xla_wgrad_below', 0))
 
 
 def build_encoder(model_cfg: ml_collections.ConfigDict,

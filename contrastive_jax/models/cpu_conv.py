@@ -494,19 +494,25 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array,
                          precision: Any = None,
                          preferred_element_type: Any = None,
                          *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                         wgrad: str = 'auto') -> jax.Array:
+                         wgrad: str = 'auto', xla_wgrad_below: int = 0) -> jax.Array:
   """Same signature as lax.conv_general_dilated. 2-D NHWC/HWIO convolutions
   without dilation/groups get the custom VJP; anything else goes to lax
   unchanged.
 
   wgrad: 'fast' (conv_weight_grad), 'xla' (XLA's own weight gradient) or
-  'auto' (= 'fast'). Until 2026-12-01 'auto' kept XLA's (Eigen) wgrad on maps
-  under 16 px, where it wins in isolation; inside the whole ResNet-18 step
-  ours was faster there too (7.4-7.7 vs 7.9-9.2 s per step: the transposes
-  into Eigen's layout recompute the BatchNorm/ReLU chain; NOTES.md idea 18).
+  'auto': 'xla' for a kernel larger than 1x1 on an input map under
+  `xla_wgrad_below` px on both sides, else 'fast'. With the default 0 that is
+  'fast' everywhere: inside the ResNet-18 step ours won on its 8x8 and 4x4
+  maps too (NOTES.md idea 18), and it ties there since (idea 38). On a net
+  whose maps are all small (configs/fashion_mnist.py: 10, 5, 3 px) XLA's
+  wgrad made the step 1.07-1.13x faster (idea 38), but only as Eigen's
+  convolution, i.e. with the binaries' XLA:CPU setting (xla_cpu.py); with
+  stock XLA:CPU (YNNPACK convolutions) it is slower than ours.
   """
   if wgrad not in ('auto', 'fast', 'xla'):
     raise ValueError(f"wgrad must be 'auto', 'fast' or 'xla', got {wgrad!r}")
+  if xla_wgrad_below < 0:
+    raise ValueError(f'xla_wgrad_below must be >= 0 (px; 0 = never), got {xla_wgrad_below}')
   supported = (lhs.ndim == 4 and _is_nhwc(dimension_numbers) and _all_ones(lhs_dilation)
                and _all_ones(rhs_dilation) and feature_group_count == 1
                and batch_group_count == 1 and preferred_element_type is None
@@ -524,6 +530,9 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array,
   if (lhs.shape[1] * lhs.shape[2] < rhs.shape[0] * rhs.shape[1]
       and min(_conv_out_hw(lhs.shape[1:3], rhs.shape[:2], strides, pads)) > 0):
     return small_map_conv(lhs, rhs, strides, pads, precision)
+  if wgrad == 'auto':
+    small = max(lhs.shape[1:3]) < xla_wgrad_below and rhs.shape[0] * rhs.shape[1] > 1
+    wgrad = 'xla' if small else 'fast'
   return _conv(lhs, rhs, strides, pads, precision, int(chunk_bytes), wgrad)
 
 
@@ -544,20 +553,25 @@ class Conv(nn.Conv):
 CpuConv = Conv  # alias; its __name__ is still 'Conv' (see class docstring)
 
 
-def conv_cls_for_backend(policy: str = 'auto',
-                         backend: str | None = None) -> Callable[..., nn.Module]:
+def conv_cls_for_backend(policy: str = 'auto', backend: str | None = None,
+                         xla_wgrad_below: int = 0) -> Callable[..., nn.Module]:
   """The convolution class to pass as ResNet(conv_cls=...).
 
   policy: 'auto' -> the fast-wgrad Conv on the CPU backend, nn.Conv elsewhere
           (GPU/TPU keep XLA's native, well-tuned convolution);
           'xla' -> always nn.Conv; 'fast' -> always this module's Conv.
   backend: defaults to jax.default_backend().
+  xla_wgrad_below: for the fast Conv, XLA's weight gradient on maps under
+          this many px (see conv_general_dilated); 0 = ours everywhere.
   """
   if policy == 'xla':
     return nn.Conv
-  if policy == 'fast':
-    return Conv
-  if policy != 'auto':
+  if policy not in ('auto', 'fast'):
     raise ValueError(f"conv policy must be 'auto', 'xla' or 'fast', got {policy!r}")
-  backend = backend or jax.default_backend()
-  return Conv if backend == 'cpu' else nn.Conv
+  if policy == 'auto' and (backend or jax.default_backend()) != 'cpu':
+    return nn.Conv
+  if not xla_wgrad_below:
+    return Conv
+  # Still the class Conv when called, so param names stay 'Conv_0', ...
+  return functools.partial(Conv, conv_general_dilated=functools.partial(
+      conv_general_dilated, xla_wgrad_below=int(xla_wgrad_below)))
