@@ -505,7 +505,7 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array,
   'fast' everywhere: inside the ResNet-18 step ours won on its 8x8 and 4x4
   maps too (NOTES.md idea 18), and it ties there since (idea 38). On a net
   whose maps are all small (configs/fashion_mnist.py: 10, 5, 3 px) XLA's
-  wgrad made the step 1.07-1.13x faster (idea 38), but only as Eigen's
+  wgrad made the step 1.07-1.18x faster (idea 38), but only as Eigen's
   convolution, i.e. with the binaries' XLA:CPU setting (xla_cpu.py); with
   stock XLA:CPU (YNNPACK convolutions) it is slower than ours.
   """
