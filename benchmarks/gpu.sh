@@ -8,10 +8,12 @@
 # The GPU image has jax (CUDA), flax, optax, orbax, chex, absl-py and PyYAML,
 # but not dm-pix or ml-collections: benchmarks/gpu_env.sh installs them from
 # .whl/ with --no-index into /tmp/site. TensorFlow is neither there nor needed.
-# Results: the table on stdout, and one JSON line in $OUT (device tool) or /tmp.
+# Results: the table on stdout (with the augmentation's device time per kernel),
+# one JSON line, the augmentation's trace and HLO in $OUT (device tool) or /tmp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RESULTS="${OUT:-/tmp}/throughput_gpu.jsonl"
+TRACE="$(mktemp -d)/augment_trace"
 source benchmarks/gpu_env.sh
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
@@ -25,5 +27,11 @@ PYEOF
 
 "$PY" benchmarks/throughput.py --model resnet50 --image-size 224 --dtype bfloat16 \
   --batch 256 --steps 20 --warmup 3 --conv auto --augment-ablation --out "$RESULTS" \
+  --profile-augment "$TRACE" \
   --note "gpu.sh: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)" "$@"
 echo "gpu.sh: JSON line appended to $RESULTS"
+# The device tool brings back files at most 2 folders down: the trace and the
+# augmentation's optimised HLO (fusion names -> ops) go to the top of $OUT.
+cp "$(ls -t $(find "$TRACE" -name perfetto_trace.json.gz) | head -1)" "${OUT:-/tmp}/augment_trace.json.gz"
+gzip -c "$TRACE/augment_hlo.txt" > "${OUT:-/tmp}/augment_hlo.txt.gz"
+echo "gpu.sh: augmentation trace and HLO in ${OUT:-/tmp}/augment_trace.json.gz, augment_hlo.txt.gz"

@@ -47,6 +47,7 @@ Compare --conv variants by images/s.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import datetime
 import functools
@@ -101,8 +102,28 @@ def pretrain_config(args: argparse.Namespace, global_batch: int):
     config.augment.blur_prob = 0.0
   else:
     config.augment.blur_prob = 0.5  # ImageNet recipes
+  config.update_from_flattened_dict(parse_overrides(args.set))
   config_defaults.validate(config)
   return config
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+  """['augment.resize_precision=default', 'optim.lr=0.3'] -> a flattened dict.
+
+  Values are Python literals where they parse as one (0.3, 2, True), else
+  strings; the config's own type checks apply when they are set.
+  """
+  out = {}
+  for item in items:
+    key, sep, value = item.partition('=')
+    if not sep or not key:
+      raise ValueError(f'--set {item!r}: expected KEY=VALUE, e.g. '
+                       '--set augment.resize_precision=default')
+    try:
+      out[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key] = value
+  return out
 
 
 # ----------------------------------------------------------------------------
@@ -455,6 +476,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument('--matmul-size', type=int, default=0,
                  help='side of the matmul that measures the peak rate; 0 = 2048 on CPU, '
                       '8192 on accelerators')
+  p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                 help='pretraining config override (repeatable), e.g. '
+                      '--set augment.resize_precision=default')
+  p.add_argument('--profile-augment', default='', metavar='DIR',
+                 help='trace 5 calls of the augmentation alone into DIR (JAX '
+                      'profiler, perfetto JSON), save its optimised HLO there and '
+                      'print device time per kernel (benchmarks/trace_summary.py)')
   p.add_argument('--note', default='', help='free text stored with the result '
                                             "(e.g. 'noisy: 2 shared cores')")
   p.add_argument('--out', default='', help='append one JSON line with every number here')
@@ -486,12 +514,17 @@ AUGMENT_ABLATION: tuple[tuple[str, dict[str, Any]], ...] = (
     ('aug: + jitter + grayscale', _NO_OPS | dict(jitter_prob=0.8, grayscale_prob=0.2)),
     ('aug: + jitter + grayscale + blur', dict(jitter_prob=0.8, grayscale_prob=0.2,
                                               blur_prob=0.5, solarize_prob=0.0)),
+    ('aug: all, resize_precision=default', dict(
+        jitter_prob=0.8, grayscale_prob=0.2, blur_prob=0.5, solarize_prob=0.0,
+        resize_precision='default')),
 )
 
 
 def time_augment(name: str, aug_cfg: Any, config: Any, batch: dict[str, jax.Array],
-                 out_size: int, args: argparse.Namespace, num_devices: int) -> 'Timing':
-  """Compiles and times the two-view augmentation of `batch` under aug_cfg."""
+                 out_size: int, args: argparse.Namespace, num_devices: int
+                 ) -> tuple['Timing', Callable[[], Any], Any]:
+  """Compiles and times the two-view augmentation of `batch` under aug_cfg;
+  also returns the timed call and the compiled executable."""
   view_cfg = config.copy_and_resolve_references()
   view_cfg.augment = aug_cfg
   compiled, compile_s, flops, src = compile_timed(
@@ -504,7 +537,25 @@ def time_augment(name: str, aug_cfg: Any, config: Any, batch: dict[str, jax.Arra
     return compiled(jnp.asarray(counter[0], jnp.int32), batch)
   times = time_calls(call, args.steps, args.warmup)
   return Timing(name, compile_s, statistics.median(times), min(times), max(times), flops,
-                src, len(times))
+                src, len(times)), call, compiled
+
+
+def profile_calls(call: Callable[[], Any], compiled: Any, trace_dir: str,
+                  calls: int = 5) -> dict[str, Any]:
+  """Traces `calls` calls (already compiled and warm) into trace_dir, with the
+  executable's optimised HLO beside it (fusion names -> ops), and returns
+  trace_summary.summarise of the trace."""
+  import trace_summary  # pylint: disable=import-outside-toplevel  (benchmarks/)
+  os.makedirs(trace_dir, exist_ok=True)
+  with open(os.path.join(trace_dir, 'augment_hlo.txt'), 'w', encoding='utf-8') as f:
+    f.write(compiled.as_text())
+  jax.block_until_ready(call())
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    for _ in range(calls):
+      jax.block_until_ready(call())
+  summary = trace_summary.summarise(trace_summary.latest_trace(trace_dir))
+  summary['calls'] = calls
+  return summary
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -599,13 +650,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n_holder.clear()
 
   # --- augmentation alone (the project's view function, same sharded batch).
-  aug = time_augment('augment', config.augment, config, batch, out_size, args, num_devices)
+  aug, aug_call, aug_compiled = time_augment('augment', config.augment, config, batch,
+                                             out_size, args, num_devices)
+  profile = (profile_calls(aug_call, aug_compiled, args.profile_augment)
+             if args.profile_augment else None)
   ablation = []
   if args.augment_ablation:
     for name, overrides in AUGMENT_ABLATION:
       cfg = config.augment.copy_and_resolve_references()
       cfg.update(overrides)
-      ablation.append(time_augment(name, cfg, config, batch, out_size, args, num_devices))
+      ablation.append(time_augment(name, cfg, config, batch, out_size, args, num_devices)[0])
 
   result = dict(
       kind='throughput', env=env, note=args.note,
@@ -627,6 +681,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         flops_per_s=t.flops / t.step_s,
         mfu=t.flops / t.step_s / mm_best)
   result['augment_share'] = aug.step_s / project.step_s
+  if profile is not None:
+    result['augment_profile'] = profile
   result['augment_ablation'] = [t.name for t in ablation]
   if naive is not None:
     result['ratio_project_over_naive'] = naive.step_s / project.step_s
@@ -679,6 +735,10 @@ def format_table(r: dict[str, Any]) -> str:
       f"{m['best_flops_per_s'] / 1e9:.1f} / {m['median_flops_per_s'] / 1e9:.1f} | 100% | - |")
   lines.append('')
   lines.append(f"augmentation share of the project step: {100 * r['augment_share']:.1f}%")
+  if r.get('augment_profile'):
+    import trace_summary  # pylint: disable=import-outside-toplevel  (benchmarks/)
+    lines += ['', trace_summary.format_summary(r['augment_profile'],
+                                               r['augment_profile']['calls']), '']
   if 'ratio_project_over_naive' in r:
     pairs = r.get('pair_ratios') or [math.nan]
     lines.append(f"ratio project/naive (images/s): {r['ratio_project_over_naive']:.2f} "

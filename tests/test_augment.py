@@ -197,6 +197,27 @@ def test_unknown_brightness_mode_names_the_key():
                          brightness_mode='gamma')
 
 
+def test_adjust_saturation_matches_dm_pix():
+  """The closed form equals dm-pix's HSV round trip, clipped saturation,
+  gray and black pixels included."""
+  rng = np.random.default_rng(7)
+  image = rng.uniform(size=(16, 16, 3)).astype(np.float32)
+  image[0, :4] = [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.4, 0.4, 0.4], [0.0, 0.5, 1.0]]
+  image[1, :2] = [[0.9, 0.9, 0.1], [0.3, 0.0, 0.0]]
+  for factor in (0.0, 0.2, 1.0, 1.8, 10.0):
+    ours = np.asarray(jax.jit(augment.adjust_saturation)(image, factor))
+    theirs = np.asarray(pix.adjust_saturation(image, factor))
+    np.testing.assert_allclose(ours, theirs, atol=2e-6, err_msg=f'factor {factor}')
+  # factor 0 is the pixel's value in every channel; a large one saturates
+  # every pixel that has a colour (min channel 0; rows 2+ are random colours).
+  np.testing.assert_allclose(augment.adjust_saturation(image, 0.0),
+                             np.broadcast_to(image.max(-1, keepdims=True), image.shape),
+                             atol=1e-7)
+  saturated = np.asarray(augment.adjust_saturation(image, 1e6))[2:]
+  np.testing.assert_allclose(saturated.min(-1), 0.0, atol=1e-6)
+  np.testing.assert_allclose(saturated.max(-1), image[2:].max(-1), atol=1e-6)
+
+
 @pytest.mark.parametrize('channels', [3, 1])
 def test_jitter_applies_the_drawn_order_once_each(channels):
   """The vmapped jitter (hue once, cheap ops masked around it) equals a plain
