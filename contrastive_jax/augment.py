@@ -39,8 +39,8 @@ def to_float(images_uint8: Array) -> Array:
   return jnp.asarray(images_uint8, jnp.float32) / 255.0
 
 
-def _channels(image: Array) -> int:
-  c = image.shape[-1]
+def _channels(image: Array, channel_axis: int = -1) -> int:
+  c = image.shape[channel_axis]
   if c not in (1, 3):
     raise ValueError(f'augment expects images [H, W, C] with C = 1 or 3; got '
                      f'shape {image.shape}.')
@@ -159,7 +159,8 @@ def random_flip(key: Array, image: Array, prob: float | Array) -> Array:
   return _apply_with_prob(_draws(key, 1)[0], prob, _hflip, image)
 
 
-def _jitter(u: Array, image: Array, strength: float, brightness_mode: str) -> Array:
+def _jitter(u: Array, image: Array, strength: float, brightness_mode: str,
+            channel_axis: int = -1) -> Array:
   """Brightness, contrast (, saturation, hue) in a random order, clip after each.
 
   u: 8 uniforms (4 op parameters, 4 sort keys for the order).
@@ -176,16 +177,16 @@ def _jitter(u: Array, image: Array, strength: float, brightness_mode: str) -> Ar
     raise ValueError(f"config.augment.brightness_mode={brightness_mode!r}; choose "
                      "'multiplicative' (v2) or 'additive' (v1).")
   c = _lerp(u[1], lo, 1 + d)
-  ops: list[Op] = [brightness, lambda x: pix.adjust_contrast(x, c)]
+  ops: list[Op] = [brightness, lambda x: pix.adjust_contrast(x, c, channel_axis=channel_axis)]
   clip = lambda x: jnp.clip(x, 0.0, 1.0)
-  if _channels(image) == 1:  # a 1-channel image has no saturation or hue
+  if _channels(image, channel_axis) == 1:  # a 1-channel image has no saturation or hue
     order = jnp.argsort(u[4:6])  # uniform random permutation
     for i in range(2):  # switch on a traced index: under vmap both ops run
       image = clip(jax.lax.switch(order[i], ops, image))
     return image
   s = _lerp(u[2], lo, 1 + d)
   h = _lerp(u[3], -0.2 * strength, 0.2 * strength)
-  ops.append(lambda x: adjust_saturation(x, s))
+  ops.append(lambda x: adjust_saturation(x, s, channel_axis))
   hue = 3
   order = jnp.argsort(u[4:8])  # uniform random permutation of the 4 ops
   # Under vmap a switch on a traced index runs every branch, so a loop over 4
@@ -196,13 +197,13 @@ def _jitter(u: Array, image: Array, strength: float, brightness_mode: str) -> Ar
   cheap = [jnp.where(k >= at, order[k + 1], order[k]) for k in range(3)]
   for k in range(3):
     image = jnp.where(k < at, clip(jax.lax.switch(cheap[k], ops, image)), image)
-  image = clip(pix.adjust_hue(image, h))
+  image = clip(pix.adjust_hue(image, h, channel_axis=channel_axis))
   for k in range(3):
     image = jnp.where(k >= at, clip(jax.lax.switch(cheap[k], ops, image)), image)
   return image
 
 
-def adjust_saturation(image: Array, factor: float | Array) -> Array:
+def adjust_saturation(image: Array, factor: float | Array, channel_axis: int = -1) -> Array:
   """pix.adjust_saturation's result (HSV saturation x factor, clipped to 1)
   without the HSV round trip.
 
@@ -211,10 +212,13 @@ def adjust_saturation(image: Array, factor: float | Array) -> Array:
   channel towards the pixel's max v by k = s' / s = min(factor, v / (v - min)).
   A few multiply-adds per pixel instead of two HSV conversions; the jitter
   evaluates this op at six positions per image (see _jitter), which made the
-  conversions most of its work. Inputs in [0, 1], factor >= 0.
+  conversions most of its work. Inputs in [0, 1], factor >= 0. The channel
+  max and min are elementwise over the 3 planes, not reductions: on a GPU a
+  reduce over a size-3 axis broke the jitter's fusions (benchmarks/NOTES.md).
   """
-  value = jnp.max(image, axis=-1, keepdims=True)
-  spread = value - jnp.min(image, axis=-1, keepdims=True)
+  r, g, b = (jax.lax.index_in_dim(image, i, channel_axis) for i in range(3))
+  value = jnp.maximum(jnp.maximum(r, g), b)
+  spread = value - jnp.minimum(jnp.minimum(r, g), b)
   # spread = 0 (a gray pixel): value - image is 0 whatever k is.
   k = jnp.minimum(factor, value / jnp.where(spread > 0, spread, 1.0))
   return value - (value - image) * k
@@ -233,16 +237,16 @@ def color_jitter(key: Array, image: Array, *, strength: float,
 
 
 def _color_jitter(u: Array, image: Array, strength: float, prob: float | Array,
-                  brightness_mode: str) -> Array:
-  jitter = lambda x: _jitter(u[1:], x, strength, brightness_mode)
+                  brightness_mode: str, channel_axis: int = -1) -> Array:
+  jitter = lambda x: _jitter(u[1:], x, strength, brightness_mode, channel_axis)
   return _apply_with_prob(u[0], prob, jitter, image)
 
 
-def to_grayscale(image: Array) -> Array:
+def to_grayscale(image: Array, channel_axis: int = -1) -> Array:
   """Rec.601 luma, channels kept (C = 3 -> 3 equal channels; C = 1 unchanged)."""
-  if _channels(image) == 1:
+  if _channels(image, channel_axis) == 1:
     return image
-  return pix.rgb_to_grayscale(image, keep_dims=True)
+  return pix.rgb_to_grayscale(image, keep_dims=True, channel_axis=channel_axis)
 
 
 def random_grayscale(key: Array, image: Array, prob: float | Array) -> Array:
@@ -256,7 +260,8 @@ def blur_kernel_size(side: int, fraction: float) -> int:
   return 2 * (k // 2) + 1
 
 
-def gaussian_blur(image: Array, sigma: float | Array, kernel_size: int) -> Array:
+def gaussian_blur(image: Array, sigma: float | Array, kernel_size: int,
+                  spatial_axes: tuple[int, int] = (0, 1)) -> Array:
   """pix.gaussian_blur's result (same taps, zero 'SAME' padding, as SimCLR's TF
   blur) as two passes of shifted, weighted sums.
 
@@ -280,7 +285,7 @@ def gaussian_blur(image: Array, sigma: float | Array, kernel_size: int) -> Array
     for k in range(2 * radius + 1):
       out = out + taps[k] * jax.lax.slice_in_dim(padded, k, k + n, axis=axis)
     return out
-  return blur_axis(blur_axis(image, 0), 1)
+  return blur_axis(blur_axis(image, spatial_axes[0]), spatial_axes[1])
 
 
 def random_gaussian_blur(key: Array, image: Array, *, prob: float | Array,
@@ -291,10 +296,11 @@ def random_gaussian_blur(key: Array, image: Array, *, prob: float | Array,
 
 
 def _random_blur(u: Array, image: Array, prob: float | Array,
-                 sigma_range: Sequence[float], kernel_size: int) -> Array:
+                 sigma_range: Sequence[float], kernel_size: int,
+                 spatial_axes: tuple[int, int] = (0, 1)) -> Array:
   sigma = _lerp(u[1], sigma_range[0], sigma_range[1])
   return _apply_with_prob(
-      u[0], prob, lambda x: gaussian_blur(x, sigma, kernel_size), image)
+      u[0], prob, lambda x: gaussian_blur(x, sigma, kernel_size, spatial_axes), image)
 
 
 def random_solarize(key: Array, image: Array, *, prob: float | Array,
@@ -336,14 +342,22 @@ def simclr_view(key: Array, image: Array, cfg: ml_collections.ConfigDict,
   """
   u_crop, u_flip, u_jit, u_gray, u_blur, u_sol = _view_uniforms(key, cfg)
   x = _crop_and_flip(u_crop, u_flip, image, cfg, out_size, extent)
+  # The colour ops run on planes [C, H, W]: contrast's per-channel mean is then
+  # a reduction over contiguous pixels. Channels-last, a GPU reduces over
+  # strided columns of 3, and fused with the jitter's selects that took ~17 of
+  # ~26 ms per ResNet-50 batch on an H200 (benchmarks/NOTES.md). Same ops, same
+  # results; the transposes are two memory passes.
+  x = jnp.moveaxis(x, -1, 0)
   x = _color_jitter(u_jit, x, cfg.jitter_strength, cfg.jitter_prob,
-                    cfg.brightness_mode)
-  x = _apply_with_prob(u_gray[0], cfg.grayscale_prob, to_grayscale, x)
+                    cfg.brightness_mode, channel_axis=0)
+  x = _apply_with_prob(u_gray[0], cfg.grayscale_prob,
+                       functools.partial(to_grayscale, channel_axis=0), x)
   x = _random_blur(u_blur, x, cfg.blur_prob,
                    (cfg.blur_sigma_min, cfg.blur_sigma_max),
-                   blur_kernel_size(out_size, cfg.blur_kernel_fraction))
+                   blur_kernel_size(out_size, cfg.blur_kernel_fraction), spatial_axes=(1, 2))
   solarize = functools.partial(pix.solarize, threshold=cfg.solarize_threshold)
-  return _apply_with_prob(u_sol[0], cfg.solarize_prob, solarize, x)
+  x = _apply_with_prob(u_sol[0], cfg.solarize_prob, solarize, x)
+  return jnp.moveaxis(x, 0, -1)
 
 
 def finetune_view(key: Array, image: Array, cfg: ml_collections.ConfigDict,
