@@ -100,15 +100,17 @@ def pretrain_config(args: argparse.Namespace, global_batch: int):
     # CIFAR recipe: strength 0.5, no blur (configs/cifar10.py).
     config.augment.jitter_strength = 0.5
     config.augment.blur_prob = 0.0
-  else:
-    config.augment.blur_prob = 0.5  # ImageNet recipes
+  else:  # as the ImageNet recipes (configs/imagenet_simclr_v*.py)
+    config.augment.blur_prob = 0.5
+    if args.dtype == 'bfloat16':
+      config.augment.matmul_precision = 'default'
   config.update_from_flattened_dict(parse_overrides(args.set))
   config_defaults.validate(config)
   return config
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-  """['augment.resize_precision=default', 'optim.lr=0.3'] -> a flattened dict.
+  """['augment.matmul_precision=default', 'optim.lr=0.3'] -> a flattened dict.
 
   Values are Python literals where they parse as one (0.3, 2, True), else
   strings; the config's own type checks apply when they are set.
@@ -118,7 +120,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     key, sep, value = item.partition('=')
     if not sep or not key:
       raise ValueError(f'--set {item!r}: expected KEY=VALUE, e.g. '
-                       '--set augment.resize_precision=default')
+                       '--set augment.matmul_precision=default')
     try:
       out[key] = ast.literal_eval(value)
     except (ValueError, SyntaxError):
@@ -478,7 +480,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       '8192 on accelerators')
   p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                  help='pretraining config override (repeatable), e.g. '
-                      '--set augment.resize_precision=default')
+                      '--set augment.matmul_precision=default')
   p.add_argument('--profile-augment', default='', metavar='DIR',
                  help='trace 5 calls of the augmentation alone into DIR (JAX '
                       'profiler, perfetto JSON), save its optimised HLO there and '
@@ -505,18 +507,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 # difference to the row above, measured where the whole-augmentation share is
 # in question (the GPU). Probabilities set to 0 compile the op out; the others
 # are the ImageNet recipe's (jitter 0.8, grayscale 0.2, blur 0.5), whatever the
-# benchmarked config uses, so the last row is gpu.sh's whole augmentation.
+# benchmarked config uses. The crop's resampling precision is the config's
+# except where a row names it; '+ blur' is gpu.sh's whole augmentation.
 _NO_OPS = dict(jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
+_ALL_OPS = dict(jitter_prob=0.8, grayscale_prob=0.2, blur_prob=0.5, solarize_prob=0.0)
 AUGMENT_ABLATION: tuple[tuple[str, dict[str, Any]], ...] = (
-    ('aug: crop+flip', _NO_OPS),
-    ('aug: crop+flip, resize_precision=default', _NO_OPS | dict(resize_precision='default')),
-    ('aug: + jitter', _NO_OPS | dict(jitter_prob=0.8)),
+    ('aug: crop+flip, matmul_precision=highest', _NO_OPS | dict(matmul_precision='highest')),
+    ('aug: crop+flip, matmul_precision=default', _NO_OPS | dict(matmul_precision='default')),
+    ('aug: crop+flip (config) + jitter', _NO_OPS | dict(jitter_prob=0.8)),
     ('aug: + jitter + grayscale', _NO_OPS | dict(jitter_prob=0.8, grayscale_prob=0.2)),
-    ('aug: + jitter + grayscale + blur', dict(jitter_prob=0.8, grayscale_prob=0.2,
-                                              blur_prob=0.5, solarize_prob=0.0)),
-    ('aug: all, resize_precision=default', dict(
-        jitter_prob=0.8, grayscale_prob=0.2, blur_prob=0.5, solarize_prob=0.0,
-        resize_precision='default')),
+    ('aug: + jitter + grayscale + blur', _ALL_OPS),
+    ('aug: all, matmul_precision=highest', _ALL_OPS | dict(matmul_precision='highest')),
 )
 
 
@@ -540,12 +541,21 @@ def time_augment(name: str, aug_cfg: Any, config: Any, batch: dict[str, jax.Arra
                 src, len(times)), call, compiled
 
 
+def _trace_summary():
+  """benchmarks/trace_summary.py, also when this file runs by path (runpy)."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  if here not in sys.path:
+    sys.path.insert(0, here)
+  import trace_summary  # pylint: disable=import-outside-toplevel
+  return trace_summary
+
+
 def profile_calls(call: Callable[[], Any], compiled: Any, trace_dir: str,
                   calls: int = 5) -> dict[str, Any]:
   """Traces `calls` calls (already compiled and warm) into trace_dir, with the
   executable's optimised HLO beside it (fusion names -> ops), and returns
   trace_summary.summarise of the trace."""
-  import trace_summary  # pylint: disable=import-outside-toplevel  (benchmarks/)
+  trace_summary = _trace_summary()
   os.makedirs(trace_dir, exist_ok=True)
   with open(os.path.join(trace_dir, 'augment_hlo.txt'), 'w', encoding='utf-8') as f:
     f.write(compiled.as_text())
@@ -736,8 +746,7 @@ def format_table(r: dict[str, Any]) -> str:
   lines.append('')
   lines.append(f"augmentation share of the project step: {100 * r['augment_share']:.1f}%")
   if r.get('augment_profile'):
-    import trace_summary  # pylint: disable=import-outside-toplevel  (benchmarks/)
-    lines += ['', trace_summary.format_summary(r['augment_profile'],
+    lines += ['', _trace_summary().format_summary(r['augment_profile'],
                                                r['augment_profile']['calls']), '']
   if 'ratio_project_over_naive' in r:
     pairs = r.get('pair_ratios') or [math.nan]

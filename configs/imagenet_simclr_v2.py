@@ -33,6 +33,7 @@ def get_config(arg: str | None = None):
   config.augment.jitter_strength = 1.0
   config.augment.blur_prob = 0.5
   config.augment.brightness_mode = 'multiplicative'
+  config.augment.matmul_precision = 'default'  # bf16 model: see imagenet_simclr_v1.py
 
   config.model.depth = 50
   config.model.stem = 'imagenet'

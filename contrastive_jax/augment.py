@@ -3,8 +3,9 @@
 Every per-image op takes a PRNG key and one float32 image [H, W, C] in [0, 1]
 and returns an image; batches use `jax.vmap`, so every image gets its own draw.
 All ops are jittable: shapes and config values are static, random draws are
-traced. dm-pix provides the colour ops, grayscale and solarize; saturation
-and the blur reproduce dm-pix's (see adjust_saturation, gaussian_blur).
+traced. dm-pix provides hue, grayscale and solarize; contrast, saturation and
+the blur reproduce dm-pix's (see adjust_contrast, adjust_saturation,
+gaussian_blur), written for speed on a GPU.
 
 Keys come from the example, not the device: the key of (step, example index,
 view) is fold_in(fold_in(fold_in(PRNGKey(seed), step), index), view), so the
@@ -39,8 +40,8 @@ def to_float(images_uint8: Array) -> Array:
   return jnp.asarray(images_uint8, jnp.float32) / 255.0
 
 
-def _channels(image: Array, channel_axis: int = -1) -> int:
-  c = image.shape[channel_axis]
+def _channels(image: Array) -> int:
+  c = image.shape[-1]
   if c not in (1, 3):
     raise ValueError(f'augment expects images [H, W, C] with C = 1 or 3; got '
                      f'shape {image.shape}.')
@@ -126,7 +127,7 @@ def _resize_box(image: Array, box: tuple[Array, Array, Array, Array],
   sizes need no dynamic slicing; the cubic kernel may read a pixel or two just
   outside the box (real image content) where a crop-then-resize would clamp.
   Antialiasing (the default) filters when the box is larger than the output.
-  Bicubic overshoots, hence the clip. precision: see config.augment.resize_precision.
+  Bicubic overshoots, hence the clip. precision: see config.augment.matmul_precision.
   """
   y, x, h, w = box
   scale = jnp.stack([out_size / h, out_size / w]).astype(jnp.float32)
@@ -159,8 +160,7 @@ def random_flip(key: Array, image: Array, prob: float | Array) -> Array:
   return _apply_with_prob(_draws(key, 1)[0], prob, _hflip, image)
 
 
-def _jitter(u: Array, image: Array, strength: float, brightness_mode: str,
-            channel_axis: int = -1) -> Array:
+def _jitter(u: Array, image: Array, strength: float, brightness_mode: str) -> Array:
   """Brightness, contrast (, saturation, hue) in a random order, clip after each.
 
   u: 8 uniforms (4 op parameters, 4 sort keys for the order).
@@ -177,16 +177,16 @@ def _jitter(u: Array, image: Array, strength: float, brightness_mode: str,
     raise ValueError(f"config.augment.brightness_mode={brightness_mode!r}; choose "
                      "'multiplicative' (v2) or 'additive' (v1).")
   c = _lerp(u[1], lo, 1 + d)
-  ops: list[Op] = [brightness, lambda x: pix.adjust_contrast(x, c, channel_axis=channel_axis)]
+  ops: list[Op] = [brightness, lambda x: adjust_contrast(x, c)]
   clip = lambda x: jnp.clip(x, 0.0, 1.0)
-  if _channels(image, channel_axis) == 1:  # a 1-channel image has no saturation or hue
+  if _channels(image) == 1:  # a 1-channel image has no saturation or hue
     order = jnp.argsort(u[4:6])  # uniform random permutation
     for i in range(2):  # switch on a traced index: under vmap both ops run
       image = clip(jax.lax.switch(order[i], ops, image))
     return image
   s = _lerp(u[2], lo, 1 + d)
   h = _lerp(u[3], -0.2 * strength, 0.2 * strength)
-  ops.append(lambda x: adjust_saturation(x, s, channel_axis))
+  ops.append(lambda x: adjust_saturation(x, s))
   hue = 3
   order = jnp.argsort(u[4:8])  # uniform random permutation of the 4 ops
   # Under vmap a switch on a traced index runs every branch, so a loop over 4
@@ -197,13 +197,35 @@ def _jitter(u: Array, image: Array, strength: float, brightness_mode: str,
   cheap = [jnp.where(k >= at, order[k + 1], order[k]) for k in range(3)]
   for k in range(3):
     image = jnp.where(k < at, clip(jax.lax.switch(cheap[k], ops, image)), image)
-  image = clip(pix.adjust_hue(image, h, channel_axis=channel_axis))
+  image = clip(pix.adjust_hue(image, h))
   for k in range(3):
     image = jnp.where(k >= at, clip(jax.lax.switch(cheap[k], ops, image)), image)
   return image
 
 
-def adjust_saturation(image: Array, factor: float | Array, channel_axis: int = -1) -> Array:
+def adjust_contrast(image: Array, factor: float | Array) -> Array:
+  """pix.adjust_contrast's result: factor * (x - mean) + mean, mean per channel
+  over the pixels (as tf.image.adjust_contrast).
+
+  Each channel's mean is a sum over the whole image of a masked copy, not a
+  reduce over (H, W) that keeps the channel axis: on a GPU, XLA emits the
+  latter as a reduction over strided columns of 3, which ran at a tenth of
+  memory speed (~1.7-2.8 ms per ResNet-50 batch of 2 x 256 views on an H200,
+  six times per view batch; benchmarks/NOTES.md). Sums over contiguous
+  elements are XLA's fast row reductions.
+  """
+  c = _channels(image)
+  pixels = image.shape[0] * image.shape[1]
+  if c == 1:
+    mean = jnp.sum(image) / pixels
+  else:
+    channel = jax.lax.broadcasted_iota(jnp.int32, image.shape, image.ndim - 1)
+    mean = jnp.stack([jnp.sum(jnp.where(channel == i, image, 0.0))
+                      for i in range(c)]) / pixels
+  return jnp.asarray(factor, image.dtype) * (image - mean) + mean
+
+
+def adjust_saturation(image: Array, factor: float | Array) -> Array:
   """pix.adjust_saturation's result (HSV saturation x factor, clipped to 1)
   without the HSV round trip.
 
@@ -214,9 +236,9 @@ def adjust_saturation(image: Array, factor: float | Array, channel_axis: int = -
   evaluates this op at six positions per image (see _jitter), which made the
   conversions most of its work. Inputs in [0, 1], factor >= 0. The channel
   max and min are elementwise over the 3 planes, not reductions: on a GPU a
-  reduce over a size-3 axis broke the jitter's fusions (benchmarks/NOTES.md).
+  reduce over the size-3 axis broke the jitter's fusions (benchmarks/NOTES.md).
   """
-  r, g, b = (jax.lax.index_in_dim(image, i, channel_axis) for i in range(3))
+  r, g, b = image[..., 0:1], image[..., 1:2], image[..., 2:3]
   value = jnp.maximum(jnp.maximum(r, g), b)
   spread = value - jnp.minimum(jnp.minimum(r, g), b)
   # spread = 0 (a gray pixel): value - image is 0 whatever k is.
@@ -237,16 +259,16 @@ def color_jitter(key: Array, image: Array, *, strength: float,
 
 
 def _color_jitter(u: Array, image: Array, strength: float, prob: float | Array,
-                  brightness_mode: str, channel_axis: int = -1) -> Array:
-  jitter = lambda x: _jitter(u[1:], x, strength, brightness_mode, channel_axis)
+                  brightness_mode: str) -> Array:
+  jitter = lambda x: _jitter(u[1:], x, strength, brightness_mode)
   return _apply_with_prob(u[0], prob, jitter, image)
 
 
-def to_grayscale(image: Array, channel_axis: int = -1) -> Array:
+def to_grayscale(image: Array) -> Array:
   """Rec.601 luma, channels kept (C = 3 -> 3 equal channels; C = 1 unchanged)."""
-  if _channels(image, channel_axis) == 1:
+  if _channels(image) == 1:
     return image
-  return pix.rgb_to_grayscale(image, keep_dims=True, channel_axis=channel_axis)
+  return pix.rgb_to_grayscale(image, keep_dims=True)
 
 
 def random_grayscale(key: Array, image: Array, prob: float | Array) -> Array:
@@ -261,31 +283,35 @@ def blur_kernel_size(side: int, fraction: float) -> int:
 
 
 def gaussian_blur(image: Array, sigma: float | Array, kernel_size: int,
-                  spatial_axes: tuple[int, int] = (0, 1)) -> Array:
+                  precision: str = 'highest') -> Array:
   """pix.gaussian_blur's result (same taps, zero 'SAME' padding, as SimCLR's TF
-  blur) as two passes of shifted, weighted sums.
+  blur) as two matmuls with [side, side] band matrices of the taps.
 
   Why not call dm-pix: vmapped over a per-image sigma its depthwise conv gets a
   batched kernel, and that batching rule fails on meshes with Explicit axes
-  (jax.make_mesh's default). Shifted slices times per-image taps batch as plain
-  elementwise ops, which XLA fuses into one loop per axis: 2 x kernel_size
-  multiply-adds per pixel, where the earlier [side, side] band-matrix einsum
-  did 2 x side (10x more at 224 px; benchmarks/NOTES.md, GPU augmentation).
+  (jax.make_mesh's default). A band matrix built from per-image taps batches
+  as a plain batched matmul. It does 2 x side multiply-adds per pixel, not
+  2 x kernel_size, but on tensor cores: shifted sums (the implementation
+  before 2026-12-04) ran at ~0.9 ms per axis for 2 x 256 views of 224 px on an
+  H200, bound by index arithmetic (benchmarks/NOTES.md, GPU augmentation).
+  precision: 'highest' (full float32) or 'default' (the backend's fast matmul);
+  see config.augment.matmul_precision.
   """
   radius = int(kernel_size / 2)  # as dm-pix: 2 * radius + 1 taps, always odd
-  taps = jnp.exp(-jnp.arange(-radius, radius + 1) ** 2 / (2.0 * sigma ** 2))
-  taps = (taps / jnp.sum(taps)).astype(image.dtype)
+  gauss = lambda d: jnp.exp(-d ** 2 / (2.0 * sigma ** 2))
+  norm = jnp.sum(gauss(jnp.arange(-radius, radius + 1)))
 
-  def blur_axis(x: Array, axis: int) -> Array:
-    n = x.shape[axis]
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (radius, radius)
-    padded = jnp.pad(x, pad)
-    out = jnp.zeros_like(x)
-    for k in range(2 * radius + 1):
-      out = out + taps[k] * jax.lax.slice_in_dim(padded, k, k + n, axis=axis)
-    return out
-  return blur_axis(blur_axis(image, spatial_axes[0]), spatial_axes[1])
+  def band(n: int) -> Array:
+    # Entry (i, j) is tap j - i, zero off the band (the zero padding). Built
+    # from the offsets, not by indexing a taps vector: a gather batched over
+    # a mesh's Explicit axis fails, as the depthwise conv does.
+    offset = np.arange(n)[None, :] - np.arange(n)[:, None]
+    taps = jnp.where(np.abs(offset) <= radius, gauss(offset), 0.0) / norm
+    return taps.astype(image.dtype)
+
+  p = _PRECISIONS[precision]
+  x = jnp.einsum('ij,jwc->iwc', band(image.shape[0]), image, precision=p)
+  return jnp.einsum('ij,hjc->hic', band(image.shape[1]), x, precision=p)
 
 
 def random_gaussian_blur(key: Array, image: Array, *, prob: float | Array,
@@ -297,10 +323,10 @@ def random_gaussian_blur(key: Array, image: Array, *, prob: float | Array,
 
 def _random_blur(u: Array, image: Array, prob: float | Array,
                  sigma_range: Sequence[float], kernel_size: int,
-                 spatial_axes: tuple[int, int] = (0, 1)) -> Array:
+                 precision: str = 'highest') -> Array:
   sigma = _lerp(u[1], sigma_range[0], sigma_range[1])
   return _apply_with_prob(
-      u[0], prob, lambda x: gaussian_blur(x, sigma, kernel_size, spatial_axes), image)
+      u[0], prob, lambda x: gaussian_blur(x, sigma, kernel_size, precision), image)
 
 
 def random_solarize(key: Array, image: Array, *, prob: float | Array,
@@ -327,7 +353,7 @@ def _crop_and_flip(u_crop: Array, u_flip: Array, image: Array,
   box = _crop_box(u_crop, height, width,
                   (cfg.crop_area_min, cfg.crop_area_max),
                   (cfg.crop_aspect_min, cfg.crop_aspect_max))
-  resized = _resize_box(image, box, out_size, cfg.get('resize_precision', 'highest'))
+  resized = _resize_box(image, box, out_size, cfg.get('matmul_precision', 'highest'))
   return _apply_with_prob(u_flip[0], cfg.flip_prob, _hflip, resized)
 
 
@@ -342,22 +368,15 @@ def simclr_view(key: Array, image: Array, cfg: ml_collections.ConfigDict,
   """
   u_crop, u_flip, u_jit, u_gray, u_blur, u_sol = _view_uniforms(key, cfg)
   x = _crop_and_flip(u_crop, u_flip, image, cfg, out_size, extent)
-  # The colour ops run on planes [C, H, W]: contrast's per-channel mean is then
-  # a reduction over contiguous pixels. Channels-last, a GPU reduces over
-  # strided columns of 3, and fused with the jitter's selects that took ~17 of
-  # ~26 ms per ResNet-50 batch on an H200 (benchmarks/NOTES.md). Same ops, same
-  # results; the transposes are two memory passes.
-  x = jnp.moveaxis(x, -1, 0)
   x = _color_jitter(u_jit, x, cfg.jitter_strength, cfg.jitter_prob,
-                    cfg.brightness_mode, channel_axis=0)
-  x = _apply_with_prob(u_gray[0], cfg.grayscale_prob,
-                       functools.partial(to_grayscale, channel_axis=0), x)
+                    cfg.brightness_mode)
+  x = _apply_with_prob(u_gray[0], cfg.grayscale_prob, to_grayscale, x)
   x = _random_blur(u_blur, x, cfg.blur_prob,
                    (cfg.blur_sigma_min, cfg.blur_sigma_max),
-                   blur_kernel_size(out_size, cfg.blur_kernel_fraction), spatial_axes=(1, 2))
+                   blur_kernel_size(out_size, cfg.blur_kernel_fraction),
+                   cfg.get('matmul_precision', 'highest'))
   solarize = functools.partial(pix.solarize, threshold=cfg.solarize_threshold)
-  x = _apply_with_prob(u_sol[0], cfg.solarize_prob, solarize, x)
-  return jnp.moveaxis(x, 0, -1)
+  return _apply_with_prob(u_sol[0], cfg.solarize_prob, solarize, x)
 
 
 def finetune_view(key: Array, image: Array, cfg: ml_collections.ConfigDict,

@@ -21,10 +21,12 @@ def augment_defaults() -> ml_collections.ConfigDict:
       crop_aspect_min=3.0 / 4.0,   # aspect ratio, log-uniform in (min, max)
       crop_aspect_max=4.0 / 3.0,
       crop_max_attempts=100,       # after this many misses: the whole image
-      # Precision of the crop's bicubic resampling contractions: 'highest' (exact
-      # float32, as jax.image) | 'default' (the backend's fast float32 matmul:
-      # TF32 on recent GPUs, bfloat16 passes on TPU, the same on CPU).
-      resize_precision='highest',
+      # Precision of the augmentation's matmuls (the crop's bicubic resampling,
+      # the blur's band matrices): 'highest' (exact float32, as jax.image) |
+      # 'default' (the backend's fast float32 matmul: TF32 on recent GPUs,
+      # bfloat16 passes on TPU, the same on CPU). Named resize_precision before
+      # 2026-12-04, when it covered the crop only.
+      matmul_precision='highest',
       flip_prob=0.5,
       jitter_prob=0.8,
       jitter_strength=1.0,         # s: 1.0 ImageNet, 0.5 CIFAR
@@ -135,7 +137,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     'mode': ('simclr', 'supcon'),
     'multihost': ('auto', 'yes', 'no'),
     'augment.brightness_mode': ('multiplicative', 'additive'),
-    'augment.resize_precision': ('highest', 'default'),
+    'augment.matmul_precision': ('highest', 'default'),
     'model.depth': (0, 18, 34, 50, 101, 152, 200),
     'model.block': ('', 'basic', 'bottleneck'),
     'model.stem': ('imagenet', 'cifar'),

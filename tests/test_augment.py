@@ -88,20 +88,20 @@ def test_random_resized_crop_resamples_the_sampled_box():
   assert all(not np.allclose(views[0], views[i]) for i in range(1, 8))
 
 
-def test_resize_precision_default_resamples_the_same_box():
-  # 'default' only changes how the resampling contraction is computed (TF32 /
-  # bfloat16 passes on accelerators, unchanged on CPU): same box, same pixels
-  # to well under one uint8 level.
+def test_matmul_precision_default_resamples_and_blurs_the_same():
+  # 'default' only changes how the resampling and blur contractions are
+  # computed (TF32 / bfloat16 passes on accelerators, unchanged on CPU): same
+  # box, same blur, same pixels to well under one uint8 level.
   images = augment.to_float(_images(6, size=32))
   keys = _keys(6)
   views = {p: np.asarray(jax.jit(jax.vmap(lambda k, x, p=p: augment.simclr_view(
-      k, x, _cfg(resize_precision=p, jitter_prob=0.0, grayscale_prob=0.0), OUT)))(
-          keys, images)) for p in ('highest', 'default')}
+      k, x, _cfg(matmul_precision=p, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=1.0),
+      OUT)))(keys, images)) for p in ('highest', 'default')}
   assert views['default'].shape == (6, OUT, OUT, 3)
   np.testing.assert_allclose(views['default'], views['highest'], atol=2e-3)
-  with pytest.raises(ValueError, match='resize_precision'):
+  with pytest.raises(ValueError, match='matmul_precision'):
     config_defaults.validate(ml_collections.ConfigDict(
-        {'augment': _cfg(resize_precision='tf32')}), config_defaults.CHOICES)
+        {'augment': _cfg(matmul_precision='tf32')}), config_defaults.CHOICES)
 
 
 # ----------------------------------------------------------------------------
@@ -197,6 +197,20 @@ def test_unknown_brightness_mode_names_the_key():
                          brightness_mode='gamma')
 
 
+@pytest.mark.parametrize('channels', [3, 1])
+def test_adjust_contrast_matches_dm_pix(channels):
+  """Per-channel means from masked whole-image sums = dm-pix's (H, W) mean."""
+  image = np.random.default_rng(channels).uniform(size=(12, 20, channels)).astype(np.float32)
+  image[..., 0] *= 0.3  # channels with different means
+  for factor in (0.0, 0.2, 1.0, 1.8):
+    ours = np.asarray(jax.jit(augment.adjust_contrast)(image, factor))
+    np.testing.assert_allclose(ours, np.asarray(pix.adjust_contrast(image, factor)),
+                               atol=1e-6, err_msg=f'factor {factor}')
+  # factor 0: every pixel is its channel's mean.
+  np.testing.assert_allclose(augment.adjust_contrast(image, 0.0),
+                             np.broadcast_to(image.mean((0, 1)), image.shape), atol=1e-6)
+
+
 def test_adjust_saturation_matches_dm_pix():
   """The closed form equals dm-pix's HSV round trip, clipped saturation,
   gray and black pixels included."""
@@ -255,6 +269,10 @@ def test_blur_kernel_size_and_dm_pix_equivalence():
       [pix.gaussian_blur(x, s, k) for s, k in [(0.3, 3), (2.0, 23)]]))(image)
   for a, b in zip(ours, theirs):
     np.testing.assert_allclose(a, b, atol=1e-6)
+  # Non-square images: each axis gets its own band matrix.
+  wide = augment.to_float(_images(1, size=24))[0][:15]
+  np.testing.assert_allclose(augment.gaussian_blur(wide, 1.5, 9),
+                             pix.gaussian_blur(wide, 1.5, 9), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------

@@ -66,13 +66,17 @@ def _finite(x) -> bool:
 def test_throughput_quick(tmp_path):
   out = tmp_path / 'tp.jsonl'
   stdout = _run('throughput.py', ['--quick', '--conv', 'auto', '--naive-augment', 'none',
-                                          '--augment-ablation', '--out', str(out)], {})
+                                  '--augment-ablation', '--out', str(out),
+                                  '--profile-augment', str(tmp_path / 'trace'),
+                                  '--set', 'augment.jitter_strength=0.5',
+                                  '--set', 'augment.matmul_precision=default'], {})
   rows = _table_rows(stdout)
   names = [r[0] for r in rows]
   assert [n.split(' ')[0] for n in names] == (
-      ['project', 'naive', 'augment'] + ['aug:'] * 5 + ['matmul']), names
-  assert names[3] == 'aug: crop+flip' and names[7] == 'aug: + jitter + grayscale + blur'
-  for r in rows[:8]:  # step ms, images/s, GFLOP/image, GFLOP/s
+      ['project', 'naive', 'augment'] + ['aug:'] * 6 + ['matmul']), names
+  assert (names[3] == 'aug: crop+flip, matmul_precision=highest'
+          and names[7] == 'aug: + jitter + grayscale + blur')
+  for r in rows[:9]:  # step ms, images/s, GFLOP/image, GFLOP/s
     for cell in (r[1], r[3], r[4], r[5]):
       assert math.isfinite(float(cell)) and float(cell) >= 0, r
     assert r[6].endswith('%') and math.isfinite(float(r[6][:-1])), r
@@ -98,6 +102,29 @@ def test_throughput_quick(tmp_path):
   assert _finite(result['matmul']['best_flops_per_s']) and result['matmul']['bursts'] == 2
   assert _finite(result['loss_after']['project']) and _finite(result['loss_after']['naive'])
   assert result['global_batch'] == 4 and result['env']['num_devices'] == 1
+  # --set reached the config; --profile-augment traced the augmentation's kernels.
+  assert result['args']['set'] == ['augment.jitter_strength=0.5',
+                                   'augment.matmul_precision=default']
+  profile = result['augment_profile']
+  assert profile['calls'] == 5 and profile['total_us'] > 0 and profile['kernels']
+  assert abs(sum(k['share'] for k in profile['kernels']) - 1.0) < 1e-6 or len(
+      profile['kernels']) == 25
+  assert 'device time by kernel' in stdout
+  assert (tmp_path / 'trace' / 'augment_hlo.txt').read_text().startswith('HloModule')
+
+
+def test_throughput_config_overrides():
+  throughput = _bench_module('throughput')
+  assert throughput.parse_overrides(['augment.blur_prob=0.5', 'model.dtype=bfloat16',
+                                     'data.name=a=b']) == {
+      'augment.blur_prob': 0.5, 'model.dtype': 'bfloat16', 'data.name': 'a=b'}
+  with pytest.raises(ValueError, match='KEY=VALUE'):
+    throughput.parse_overrides(['augment.blur_prob'])
+  args = throughput.parse_args(['--quick', '--set', 'augment.matmul_precision=default'])
+  assert throughput.pretrain_config(args, 4).augment.matmul_precision == 'default'
+  args = throughput.parse_args(['--quick', '--set', 'augment.matmul_precision=tf32'])
+  with pytest.raises(ValueError, match='matmul_precision'):
+    throughput.pretrain_config(args, 4)
 
 
 def test_bfloat16_matmul_peak_is_the_faster_of_both_outputs():
