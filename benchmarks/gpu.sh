@@ -10,6 +10,8 @@
 # .whl/ with --no-index into /tmp/site. TensorFlow is neither there nor needed.
 # Results: the table on stdout (with the augmentation's device time per kernel),
 # one JSON line, the augmentation's trace and HLO in $OUT (device tool) or /tmp.
+# On the device tool's copy the git metadata can be stale (the JSON's commit said
+# ce00cc1+dirty for later code on 2026-12-04): name the code with --note "...".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RESULTS="${OUT:-/tmp}/throughput_gpu.jsonl"

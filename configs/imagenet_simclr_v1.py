@@ -41,10 +41,10 @@ def get_config(arg: str | None = None):
   config.augment.jitter_strength = 1.0
   config.augment.blur_prob = 0.5
   config.augment.brightness_mode = 'additive'  # v1's brightness
-  # The bfloat16 model sees each view rounded to 8 bits of mantissa; resampling
-  # the crop with the backend's fast matmul (TF32 on a GPU: 10 bits) loses
-  # nothing it would see, and on an H200 takes the crop from 3.7 to 2.1 ms per
-  # 256-image batch (benchmarks/NOTES.md, GPU augmentation).
+  # The bfloat16 model sees each view rounded to 8 bits of mantissa; the crop's
+  # resampling and the blur with the backend's fast matmul (TF32 on a GPU: 10
+  # bits) lose nothing it would see. On an H200, per batch of 256 images: crop
+  # 3.9 -> 2.1 ms, blur ~2.7 -> 1.0 ms (benchmarks/NOTES.md, ideas 42-43).
   config.augment.matmul_precision = 'default'
 
   config.model.depth = 50

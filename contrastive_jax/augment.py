@@ -209,10 +209,10 @@ def adjust_contrast(image: Array, factor: float | Array) -> Array:
 
   Each channel's mean is a sum over the whole image of a masked copy, not a
   reduce over (H, W) that keeps the channel axis: on a GPU, XLA emits the
-  latter as a reduction over strided columns of 3, which ran at a tenth of
-  memory speed (~1.7-2.8 ms per ResNet-50 batch of 2 x 256 views on an H200,
-  six times per view batch; benchmarks/NOTES.md). Sums over contiguous
-  elements are XLA's fast row reductions.
+  latter as a reduction over strided columns of 3 at about a tenth of memory
+  speed. For 2 x 256 views of 224 px on an H200 the jitter's six contrast
+  means took 7.7 ms that way, 0.65 ms as whole-image sums, XLA's fast row
+  reductions (benchmarks/NOTES.md, ideas 40-41).
   """
   c = _channels(image)
   pixels = image.shape[0] * image.shape[1]
@@ -235,8 +235,9 @@ def adjust_saturation(image: Array, factor: float | Array) -> Array:
   A few multiply-adds per pixel instead of two HSV conversions; the jitter
   evaluates this op at six positions per image (see _jitter), which made the
   conversions most of its work. Inputs in [0, 1], factor >= 0. The channel
-  max and min are elementwise over the 3 planes, not reductions: on a GPU a
-  reduce over the size-3 axis broke the jitter's fusions (benchmarks/NOTES.md).
+  max and min are elementwise over the 3 channel slices, not reductions: on a
+  GPU a reduce over the size-3 axis broke the jitter's fusions (the whole
+  augmentation went from 12 to 26 ms; benchmarks/NOTES.md, idea 39).
   """
   r, g, b = image[..., 0:1], image[..., 1:2], image[..., 2:3]
   value = jnp.maximum(jnp.maximum(r, g), b)
@@ -291,9 +292,10 @@ def gaussian_blur(image: Array, sigma: float | Array, kernel_size: int,
   batched kernel, and that batching rule fails on meshes with Explicit axes
   (jax.make_mesh's default). A band matrix built from per-image taps batches
   as a plain batched matmul. It does 2 x side multiply-adds per pixel, not
-  2 x kernel_size, but on tensor cores: shifted sums (the implementation
-  before 2026-12-04) ran at ~0.9 ms per axis for 2 x 256 views of 224 px on an
-  H200, bound by index arithmetic (benchmarks/NOTES.md, GPU augmentation).
+  2 x kernel_size, but on tensor cores: for 2 x 256 views of 224 px on an
+  H200, 0.9-1.0 ms at precision 'default' (TF32) against ~2 ms for shifted
+  sums (the implementation before 2026-12-04, bound by index arithmetic);
+  at 'highest' (float32 on CUDA cores) ~2.7 ms (benchmarks/NOTES.md, idea 42).
   precision: 'highest' (full float32) or 'default' (the backend's fast matmul);
   see config.augment.matmul_precision.
   """
