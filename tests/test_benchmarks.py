@@ -222,6 +222,15 @@ def test_quality_deadline_stops_the_run(tmp_path, monkeypatch):
   (tmp_path / 'killed_binary.py').write_text('import os, signal; os.kill(os.getpid(), signal.SIGKILL)\n')
   with pytest.raises(RuntimeError, match='exit status -9'):
     quality._run(['killed_binary'], str(log))
+  # The deadline's SIGTERM after the training loop (no handler left) ends the
+  # binary with -SIGTERM: the run's checkpoint is there, not an error. The same
+  # exit without the deadline's signal is one.
+  (tmp_path / 'unhandled_binary.py').write_text('import time; time.sleep(60)\n')
+  assert 1.0 <= quality._run(['unhandled_binary'], str(log), deadline_s=1.0) < 30.0
+  (tmp_path / 'self_term_binary.py').write_text(
+      'import os, signal; os.kill(os.getpid(), signal.SIGTERM)\n')
+  with pytest.raises(RuntimeError, match='exit status -15'):
+    quality._run(['self_term_binary'], str(log))
 
 
 def test_semi_supervised_quick_parallel(tmp_path):
