@@ -182,6 +182,8 @@ def test_quality_quick_fixed_steps(tmp_path):
   assert [r[0] for r in rows] == ['SimCLR 3steps'] and rows[0][1] == '3', rows
   result = json.loads((out / 'quality.json').read_text())
   row = result['rows'][0]
+  # The table prints what the JSON holds, to the test set's 0.01 points.
+  assert rows[0][3] == f"{100 * row['linear_top1']:.2f}%", (rows[0], row)
   assert row['steps'] == 3 and row['step'] == 3
   for key in ('linear_top1', 'linear_val_top1', 'knn_k20_top1', 'knn_k200_top1'):
     assert 0.0 <= row[key] <= 1.0, (key, row[key])
