@@ -69,6 +69,10 @@ import numpy as np
 import optax
 
 from contrastive_jax import augment, config_defaults, optim, parallel, train, xla_cpu
+
+# benchmarks/trace_summary.py, also when this file runs by path (runpy, tests).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import trace_summary  # pylint: disable=g-import-not-at-top,wrong-import-position
 from contrastive_jax.models import build_model
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -541,21 +545,11 @@ def time_augment(name: str, aug_cfg: Any, config: Any, batch: dict[str, jax.Arra
                 src, len(times)), call, compiled
 
 
-def _trace_summary():
-  """benchmarks/trace_summary.py, also when this file runs by path (runpy)."""
-  here = os.path.dirname(os.path.abspath(__file__))
-  if here not in sys.path:
-    sys.path.insert(0, here)
-  import trace_summary  # pylint: disable=import-outside-toplevel
-  return trace_summary
-
-
 def profile_calls(call: Callable[[], Any], compiled: Any, trace_dir: str,
                   calls: int = 5) -> dict[str, Any]:
   """Traces `calls` calls (already compiled and warm) into trace_dir, with the
   executable's optimised HLO beside it (fusion names -> ops), and returns
   trace_summary.summarise of the trace."""
-  trace_summary = _trace_summary()
   os.makedirs(trace_dir, exist_ok=True)
   with open(os.path.join(trace_dir, 'augment_hlo.txt'), 'w', encoding='utf-8') as f:
     f.write(compiled.as_text())
@@ -746,8 +740,8 @@ def format_table(r: dict[str, Any]) -> str:
   lines.append('')
   lines.append(f"augmentation share of the project step: {100 * r['augment_share']:.1f}%")
   if r.get('augment_profile'):
-    lines += ['', _trace_summary().format_summary(r['augment_profile'],
-                                               r['augment_profile']['calls']), '']
+    lines += ['', trace_summary.format_summary(r['augment_profile'],
+                                             r['augment_profile']['calls']), '']
   if 'ratio_project_over_naive' in r:
     pairs = r.get('pair_ratios') or [math.nan]
     lines.append(f"ratio project/naive (images/s): {r['ratio_project_over_naive']:.2f} "
