@@ -23,6 +23,7 @@ SSL_TIMEOUT_S="${SSL_TIMEOUT_S:-170}"   # pretraining: SIGTERM -> checkpoint -> 
 SSL_SETS="${SSL_SETS:-}"                 # more pretraining overrides, space-separated k=v
 SSL_LRS="${SSL_LRS:-0.05,0.2,0.8,1.6}"  # fine-tuning base LRs, each arm (chosen on val)
 SSL_JOBS="${SSL_JOBS:-8}"
+SEMI="${SEMI:-1}"                        # 0: the recipe sweep alone (all of the GPU for it)
 STAGE_TIMEOUT_S="${STAGE_TIMEOUT_S:-300}"  # each background job, so the summary always runs
 mkdir -p "$OUT" "$WORK"
 source benchmarks/gpu_env.sh
@@ -31,7 +32,7 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
 
 ssl_sets=(--pretrain-set "data.idx_dir=$IDX" --pretrain-set "batch_size=$SSL_BATCH")
 for kv in $SSL_SETS; do ssl_sets+=(--pretrain-set "$kv"); done
-timeout "$STAGE_TIMEOUT_S" "$PY" benchmarks/semi_supervised.py --out "$WORK/ssl" \
+[ "$SEMI" = 1 ] && timeout "$STAGE_TIMEOUT_S" "$PY" benchmarks/semi_supervised.py --out "$WORK/ssl" \
   --pretrain-steps "$SSL_STEPS" --chunk-steps 0 "${ssl_sets[@]}" \
   --pretrain-timeout-s "$SSL_TIMEOUT_S" --jobs "$SSL_JOBS" --fractions 0.01,0.1 \
   --lrs "$SSL_LRS" --blocks -1 > "$OUT/semi.log" 2>&1 &
@@ -67,7 +68,7 @@ import json, sys
 path, name, steps, sets = sys.argv[1:5]
 try:
   r = json.load(open(path))['rows'][0]
-  f = lambda k: f"{100 * r[k]:.1f}%" if k in r else '-'
+  f = lambda k: f"{100 * r[k]:.2f}%" if k in r else '-'
   print(f"| {name} | {steps} | {sets or '-'} | {f('linear_top1')} | {f('linear_val_top1')} | "
         f"{f('knn_k20_top1')} | {f('knn_k200_top1')} |")
 except (OSError, KeyError, IndexError, ValueError) as e:
@@ -76,8 +77,8 @@ PYEOF
   done
 } > "$OUT/sweep.md"
 cat "$OUT/sweep.md"
-tail -20 "$OUT/semi.log"
+[ "$SEMI" = 1 ] && tail -20 "$OUT/semi.log"
 tar czf "$OUT/fmnist_logs.tgz" -C "$WORK" --exclude=checkpoints --exclude=tensorboard \
   --exclude='*.png' . 2>/dev/null
-tar czf "$OUT/ssl_pretrain.tgz" -C "$WORK/ssl" --exclude=tensorboard pretrain 2>/dev/null
+[ "$SEMI" = 1 ] && tar czf "$OUT/ssl_pretrain.tgz" -C "$WORK/ssl" --exclude=tensorboard pretrain 2>/dev/null
 ls -la "$OUT"
