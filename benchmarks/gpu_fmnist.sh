@@ -10,6 +10,7 @@
 #      val linear-probe accuracy.
 # Here:  bash benchmarks/fetch_gpu_wheels.sh; mkdir .fmnist; cp /usr/share/datasets/fashion-mnist/*.gz .fmnist/
 # There (repo root, `.whl` and `.fmnist` carried):  bash benchmarks/gpu_fmnist.sh
+#   or the sweep alone, own variants:  SEMI=0 SWEEP='base 2300;jit1 2300 augment.jitter_strength=1.0' bash ...
 # Results: $OUT/semi.log, $OUT/sweep.md, $OUT/fmnist_logs.tgz (every log and
 # JSON), $OUT/ssl_pretrain.tgz (the pretraining run, to fine-tune elsewhere).
 set -uo pipefail

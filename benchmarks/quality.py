@@ -36,6 +36,8 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, 'benchmarks'))  # provenance.py, also run by path
+import provenance  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _run(args: list[str], log_path: str, deadline_s: float | None = None) -> float:
@@ -191,6 +193,7 @@ def main() -> None:
   parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                       help='pretrain config override, e.g. --set model.base_width=64')
   args = parser.parse_args()
+  commit = provenance.git_commit()  # before the runs: the tree may change during them
 
   budgets = ([float(b) for b in args.budgets.split(',')] if args.budgets
              else [args.budget_minutes])
@@ -239,7 +242,8 @@ def main() -> None:
     rows.append({'name': 'raw pixels', **raw_pixel_baseline(data_overrides, eval_arg)})
 
   meta = {'date': datetime.date.today().isoformat(), 'machine': platform.processor() or
-          platform.machine(), 'cpus': os.cpu_count(), 'config': config, 'versions': _versions()}
+          platform.machine(), 'cpus': os.cpu_count(), 'config': config, 'versions': _versions(),
+          'commit': commit}
   with open(os.path.join(args.out, 'quality.json'), 'w') as f:
     json.dump({'meta': meta, 'rows': rows}, f, indent=1)
   table = _table(rows)

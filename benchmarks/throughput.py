@@ -56,7 +56,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -70,8 +69,10 @@ import optax
 
 from contrastive_jax import augment, config_defaults, optim, parallel, train, xla_cpu
 
-# benchmarks/trace_summary.py, also when this file runs by path (runpy, tests).
+# benchmarks/trace_summary.py and provenance.py, also when this file runs by
+# path (runpy, tests).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import provenance  # pylint: disable=g-import-not-at-top,wrong-import-position
 import trace_summary  # pylint: disable=g-import-not-at-top,wrong-import-position
 from contrastive_jax.models import build_model
 
@@ -417,18 +418,6 @@ def synthetic_batch(global_batch: int, source_size: int, channels: int,
   return parallel.global_batch(local, mesh)
 
 
-def _git_commit() -> str:
-  try:
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(['git', '-C', repo, 'rev-parse', '--short', 'HEAD'],
-                         capture_output=True, text=True, timeout=5, check=False)
-    dirty = subprocess.run(['git', '-C', repo, 'status', '--porcelain'],
-                           capture_output=True, text=True, timeout=5, check=False)
-    return out.stdout.strip() + ('+dirty' if dirty.stdout.strip() else '') or 'unknown'
-  except Exception:  # pylint: disable=broad-except
-    return 'unknown'
-
-
 def environment() -> dict[str, Any]:
   dev = jax.devices()[0]
   return dict(
@@ -439,7 +428,7 @@ def environment() -> dict[str, Any]:
       python=platform.python_version(), jax=jax.__version__,
       jaxlib=_jaxlib_version(),
       flax=flax.__version__, optax=optax.__version__, numpy=np.__version__,
-      commit=_git_commit())
+      commit=provenance.git_commit())
 
 
 def _jaxlib_version() -> str:

@@ -11,20 +11,14 @@ Data: the four IDX files of Debian's `dataset-fashion-mnist`
 CPU, where every step is expensive, are explained next to each value; runs
 that failed are recorded in benchmarks/NOTES.md ("Fashion-MNIST recipe").
 
-Measured on the idle 2-core CPU (`python benchmarks/quality.py --budgets
-5,20`, 2026-12-01, commit c6769fd, probes choosing feature standardisation
-on val): 4.9 minutes (842 steps) -> 90.0% linear probe / 87.7% kNN-20 test;
-19.9 minutes (3531 steps) -> 90.7% / 88.1% (raw pixels: 84.9% / 86.2%;
-random-init encoder: 83.1% / 80.4%). Earlier the same day (commit 56a5fb0,
-3015 steps in 18.8 minutes): 90.9% / 88.3%; on 2026-11-28's slower VM
-(370-490 images/s) 19.9 minutes gave 90.3% / 87.98%. On 2026-12-03's VM
-(matmul ~200 GFLOP/s), with the eval grid widened to wd 1e-2 (commit
-698fcc0): 4.9 minutes (521 steps) 89.6% / 87.5%; 19.9 minutes (1980 steps)
-90.6% / 88.45%. On 2026-12-04's VM (the same kind), with
-model.conv_xla_wgrad_below = 16 (commit a1563bd): 4.9 minutes (486 steps)
-89.49% / 87.10%; 19.9 minutes (2066 steps) 89.95% / 88.40%: kNN-20 above
-its 88% target, the linear probe 0.05 points under its 90%; a second
-20-minute run (2304 steps) 90.50% / 88.22%.
+Measured on an idle 2-core CPU VM (matmul ~200 GFLOP/s), 2026-12-04, commit
+f118352 (`python benchmarks/quality.py --budgets 5,20`, probes choosing on
+val): 4.8 minutes (493 steps) -> 89.85% linear probe / 87.71% kNN-20 test;
+19.9 minutes (2250 steps) -> 90.86% / 88.43%, and a second 20-minute run
+(2263 steps) 90.03% / 88.87% (raw pixels: 84.55% / 86.17%; random-init
+encoder: 83.26% / 80.47%). With jitter strength 0.5, five 20-minute runs on
+this VM kind read 89.95-90.6% / 87.69-88.45%, and 90.7% / 88.1% on
+2026-12-01's VM (twice the matmul rate); every run is in benchmarks/README.md.
 """
 
 from contrastive_jax import config_defaults

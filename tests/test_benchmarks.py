@@ -189,6 +189,14 @@ def test_quality_quick_fixed_steps(tmp_path):
     assert 0.0 <= row[key] <= 1.0, (key, row[key])
   config = json.loads((out / 'simclr_3steps' / 'config.json').read_text())
   assert config['temperature'] == 0.5  # --set reaches the pretraining run
+  # The figure names its code: this checkout's commit (+dirty when edited).
+  head = subprocess.run(['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'],
+                        capture_output=True, text=True, check=False).stdout.strip()
+  assert result['meta']['commit'].split('+')[0] == (head or 'unknown'), result['meta']
+
+
+def test_provenance_outside_a_git_checkout(tmp_path):
+  assert _bench_module('provenance').git_commit(str(tmp_path)) == 'unknown'
 
 
 def test_quality_budget_steps_sized_above_the_calibrated_rate():
