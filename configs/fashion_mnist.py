@@ -16,9 +16,10 @@ f118352 (`python benchmarks/quality.py --budgets 5,20`, probes choosing on
 val): 4.8 minutes (493 steps) -> 89.85% linear probe / 87.71% kNN-20 test;
 19.9 minutes (2250 steps) -> 90.86% / 88.43%; two more 20-minute runs
 (2263, 2243 steps) 90.03% / 88.87% and 90.45% / 88.67% (raw pixels: 84.55% /
-86.17%; random-init encoder: 83.26% / 80.47%). With jitter strength 0.5, five 20-minute runs on
-this VM kind read 89.95-90.6% / 87.69-88.45%, and 90.7% / 88.1% on
-2026-12-01's VM (twice the matmul rate); every run is in benchmarks/README.md.
+86.17%; random-init encoder: 83.26% / 80.47%). With jitter strength 0.5,
+five 20-minute runs on this VM kind read 89.95-90.6% / 87.69-88.45%, and
+90.7% / 88.1% on 2026-12-01's VM (twice the matmul rate); every run is in
+benchmarks/README.md.
 """
 
 from contrastive_jax import config_defaults
