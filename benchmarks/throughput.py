@@ -41,6 +41,14 @@ FLOPs, and hence MFU, come from the same step built with nn.Conv (lowered, not
 compiled); the JSON keeps the executable's own count as executed_flops.
 Compare --conv variants by images/s.
 
+Each timed step also records the process's minor page faults and system CPU
+seconds (getrusage; whole process, so only the step's own threads run then).
+On CPU they explain much of the run-to-run spread of the ratio: on a 2-core
+VM the naive step took ~3.5M faults (~14 GB of fresh pages zeroed by the
+kernel) and 10-13 s of system CPU per ~30 s step, the project step ~620k and
+~1.2 s; what a fault costs varies with the VM and its host, and the naive
+step's time with it (benchmarks/NOTES.md, idea 42).
+
 --batch is per device: the global batch is batch x devices.
 """
 
@@ -301,6 +309,9 @@ class Timing:
   flops_source: str = ''
   steps: int = 0
   executed_flops: float = math.nan     # this executable's own count (other conv: differs)
+  # Process-wide, median per step (CPU: what the kernel did for the step).
+  page_faults: float = math.nan        # minor page faults (first touch of fresh memory)
+  system_s: float = math.nan           # system CPU seconds, summed over threads
 
 
 def _cost_flops(obj: Any) -> float:
@@ -350,24 +361,50 @@ def time_calls(fn: Callable[[], Any], steps: int, warmup: int) -> list[float]:
   return time_interleaved([fn], steps, warmup)[0]
 
 
-def time_interleaved(fns: Sequence[Callable[[], Any]], steps: int,
-                     warmup: int) -> list[list[float]]:
+def process_usage() -> tuple[float, float]:
+  """(minor page faults, system CPU seconds) of this process so far; NaNs
+  where the platform has no getrusage (Windows)."""
+  try:
+    import resource  # pylint: disable=g-import-not-at-top  (POSIX only)
+  except ImportError:
+    return math.nan, math.nan
+  ru = resource.getrusage(resource.RUSAGE_SELF)
+  return float(ru.ru_minflt), ru.ru_stime
+
+
+def time_interleaved(fns: Sequence[Callable[[], Any]], steps: int, warmup: int,
+                     usage: Optional[list[list[tuple[float, float]]]] = None
+                     ) -> list[list[float]]:
   """Seconds per call of each fn, calling them in turn (f0, f1, f0, f1, ...).
 
   Taking turns makes the times of the functions paired: a shared machine's
   slow minute slows both, so their ratio holds when their absolute times
   drift (separate runs minutes apart differed by up to ~10% on a 2-core VM).
+  With `usage` (one list per fn), each timed call also appends its
+  (minor page faults, system CPU seconds) from process_usage().
   """
   for _ in range(warmup):
     for fn in fns:
       jax.block_until_ready(fn())
   times = [[] for _ in fns]
   for _ in range(steps):
-    for fn, ts in zip(fns, times):
+    for i, (fn, ts) in enumerate(zip(fns, times)):
+      u0 = process_usage() if usage is not None else None
       t0 = time.perf_counter()
       jax.block_until_ready(fn())
       ts.append(time.perf_counter() - t0)
+      if u0 is not None:
+        u1 = process_usage()
+        usage[i].append((u1[0] - u0[0], u1[1] - u0[1]))
   return times
+
+
+def usage_medians(samples: Sequence[tuple[float, float]]) -> dict[str, float]:
+  """Timing fields page_faults and system_s: medians over the timed calls."""
+  if not samples:
+    return {}
+  return dict(page_faults=statistics.median(s[0] for s in samples),
+              system_s=statistics.median(s[1] for s in samples))
 
 
 def matmul_burst(dtype: Any, size: int, calls: int
@@ -620,7 +657,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
   # --- timing: the steps and the matmul bursts take turns (time_interleaved),
   # so the ratio and MFU are measured on the same minutes of the machine.
-  times = time_interleaved(calls + [burst], args.steps, args.warmup)
+  usage: list[list[tuple[float, float]]] = [[] for _ in range(len(calls) + 1)]
+  times = time_interleaved(calls + [burst], args.steps, args.warmup, usage=usage)
   times.pop()  # the bursts' own wall times; mm_form_times has each burst's best call
   # Warm-up rounds dropped.
   mm_form_times = {name: ts[-args.steps:] for name, ts in mm_form_times.items()}
@@ -628,7 +666,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   mm_best, mm_median = matmul_flops / min(mm_times), matmul_flops / statistics.median(mm_times)
   loss = float(jax.device_get(project_call()[1]['loss']))
   project = Timing('project', compile_s, statistics.median(times[0]), min(times[0]),
-                   max(times[0]), flops, flops_src, len(times[0]), executed_flops)
+                   max(times[0]), flops, flops_src, len(times[0]), executed_flops,
+                   **usage_medians(usage[0]))
   holder.clear()  # frees the states before the next compiles
   naive = None
   naive_loss = math.nan
@@ -638,7 +677,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if backend != 'cpu':  # same network; see model_flops_on_cpu for why
       n_flops, n_src = flops, 'the project step\'s model FLOPs (same network)'
     naive = Timing('naive', n_compile_s, statistics.median(times[1]), min(times[1]),
-                   max(times[1]), n_flops, n_src, len(times[1]))
+                   max(times[1]), n_flops, n_src, len(times[1]),
+                   **usage_medians(usage[1]))
     pair_ratios = [n / p for p, n in zip(*times)]
     n_holder.clear()
 
@@ -736,6 +776,12 @@ def format_table(r: dict[str, Any]) -> str:
     lines.append(f"ratio project/naive (images/s): {r['ratio_project_over_naive']:.2f} "
                  f"(medians of steps taken in turn; per pair median "
                  f"{statistics.median(pairs):.2f}, min-max {min(pairs):.2f}-{max(pairs):.2f})")
+  faults = [(name, r[name]) for name in ('project', 'naive')
+            if r.get(name) and math.isfinite(r[name].get('page_faults', math.nan))]
+  if faults:
+    lines.append('kernel work per step (whole process, median): ' + '; '.join(
+        f"{name} {t['page_faults']:,.0f} minor page faults, {t['system_s']:.2f} s system CPU"
+        for name, t in faults))
   lines.append(f"FLOPs from: project {r['project']['flops_source']}"
                + (f"; naive {r['naive']['flops_source']}" if r.get('naive') else ''))
   lines.append(f"loss after timing: project {r['loss_after']['project']:.4f}, "

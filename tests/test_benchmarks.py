@@ -95,6 +95,12 @@ def test_throughput_quick(tmp_path):
   # The two steps took turns, one ratio per pair of steps.
   assert result['timing'] == 'interleaved' and len(result['pair_ratios']) == 2
   assert all(_finite(x) and x > 0 for x in result['pair_ratios'])
+  # What the kernel did per step (Linux: getrusage), for both steps.
+  for name in ('project', 'naive'):
+    assert _finite(result[name]['page_faults']) and result[name]['page_faults'] >= 0
+    assert _finite(result[name]['system_s']) and result[name]['system_s'] >= 0
+  assert re.search(r'kernel work per step \(whole process, median\): project [0-9,]+ minor '
+                   r'page faults, [0-9.]+ s system CPU; naive [0-9,]+ minor page faults', stdout)
   # The project step alone compiled with the binaries' XLA:CPU setting.
   from contrastive_jax import xla_cpu  # pylint: disable=g-import-not-at-top
   assert result['project_compiler_options'] == xla_cpu.compiler_options('cpu')
@@ -111,6 +117,29 @@ def test_throughput_quick(tmp_path):
       profile['kernels']) == 25
   assert 'device time by kernel' in stdout
   assert (tmp_path / 'trace' / 'augment_hlo.txt').read_text().startswith('HloModule')
+
+
+def test_time_interleaved_records_page_faults_of_each_call():
+  throughput = _bench_module('throughput')
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  kept = []
+
+  def fresh_64mb():  # first touch of 64 MiB: 16,384 4-KiB pages, or 32 huge ones
+    kept.append(np.ones(1 << 24, np.float32))  # (numpy asks Linux for huge pages)
+    return kept[-1][:1]
+
+  def reuse():
+    kept[-1][:] = 2.0  # pages already touched
+    return kept[-1][:1]
+
+  usage = [[], []]
+  times = throughput.time_interleaved([fresh_64mb, reuse], steps=3, warmup=0, usage=usage)
+  assert [len(t) for t in times] == [3, 3] and [len(u) for u in usage] == [3, 3]
+  assert all(faults >= 32 and sys_s >= 0 for faults, sys_s in usage[0]), usage
+  assert max(f for f, _ in usage[1]) < min(f for f, _ in usage[0]), usage
+  medians = throughput.usage_medians(usage[0])
+  assert medians['page_faults'] == sorted(f for f, _ in usage[0])[1]
+  assert throughput.usage_medians([]) == {}
 
 
 def test_throughput_config_overrides():
