@@ -41,13 +41,13 @@ FLOPs, and hence MFU, come from the same step built with nn.Conv (lowered, not
 compiled); the JSON keeps the executable's own count as executed_flops.
 Compare --conv variants by images/s.
 
-Each timed step also records the process's minor page faults and system CPU
-seconds (getrusage; whole process, so only the step's own threads run then).
+Each timed step also records the minor page faults and system CPU seconds
+of the whole process during the step (getrusage; nothing else runs then).
 On CPU they explain much of the run-to-run spread of the ratio: on a 2-core
-VM the naive step took ~3.5M faults (~14 GB of fresh pages zeroed by the
-kernel) and 10-13 s of system CPU per ~30 s step, the project step ~620k and
-~1.2 s; what a fault costs varies with the VM and its host, and the naive
-step's time with it (benchmarks/NOTES.md, idea 42).
+VM the naive step took 3.3-3.8M faults (13-16 GB of fresh pages zeroed by
+the kernel) and 8-13 s of system CPU per 28-32 s step, the project step
+~620k and 1-2.5 s; what a fault costs varies with the VM and over hours, and
+the naive step's time with it (benchmarks/NOTES.md, idea 42).
 
 --batch is per device: the global batch is batch x devices.
 """
