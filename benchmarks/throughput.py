@@ -16,6 +16,12 @@ Times, on synthetic uint8 images (no dataset, never TensorFlow):
             one device, no probe. Its input is the project's own augmentation
             (augment.pretrain_views) unless --naive-augment none, so by default
             the ratio compares everything but the augmentation.
+  torch     with --torch: the same step in PyTorch + lightly, the framework
+            the issue's target names (benchmarks/torch_reference.py; eager,
+            torchvision ResNet, lightly's head, loss, LARS and SimCLRTransform
+            on the host, so its augmentation is in its step too), in
+            PyTorch's default layout and/or channels_last. Optional: needs
+            `pip install torch torchvision lightly`.
   augment   the project's augmentation alone (train.make_view_fn), to give its
             share of the project step.
   matmul    a large jnp.dot in the compute dtype, a burst of calls per round
@@ -502,6 +508,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument('--naive-augment', choices=('project', 'none'), default='project',
                  help="naive baseline input: the project's augmentation, or none "
                       '(the image and its flip)')
+  p.add_argument('--torch', choices=('none', 'nchw', 'channels_last', 'both'),
+                 default='none',
+                 help='also time the step in PyTorch + lightly (benchmarks/'
+                      'torch_reference.py), in the default NCHW layout, '
+                      'channels_last, or both')
   p.add_argument('--augment-ablation', action='store_true',
                  help='also time the augmentation with ops added one at a time '
                       '(crop+flip, its resize at default precision, + jitter, ...)')
@@ -649,6 +660,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       return n_holder[0], loss_
     calls.append(naive_call)
 
+  # --- PyTorch + lightly (optional): the same images, network and recipe,
+  # eager, host augmentation inside its step.
+  torch_steps = []
+  if args.torch != 'none':
+    import torch_reference  # pylint: disable=g-import-not-at-top  (optional torch)
+    formats = (('channels_first', 'channels_last') if args.torch == 'both' else
+               ('channels_last',) if args.torch == 'channels_last' else ('channels_first',))
+    images = np.asarray(jax.device_get(batch['image']))
+    for fmt in formats:
+      torch_steps.append(torch_reference.make_step(
+          images, model=args.model, image_size=out_size, temperature=config.temperature,
+          lr=0.3 * global_batch / 256, jitter_strength=config.augment.jitter_strength,
+          blur_prob=config.augment.blur_prob, min_scale=config.augment.crop_area_min,
+          memory_format=fmt, seed=config.seed))
+      calls.append(torch_steps[-1].step)
+    env.update(torch_reference.versions())
+
   # --- matmul rate in the compute dtype (MFU's denominator): a burst of
   # matmuls per round of steps, the rate of the same minutes as the steps.
   size = args.matmul_size or (2048 if backend == 'cpu' else 8192)
@@ -679,8 +707,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     naive = Timing('naive', n_compile_s, statistics.median(times[1]), min(times[1]),
                    max(times[1]), n_flops, n_src, len(times[1]),
                    **usage_medians(usage[1]))
-    pair_ratios = [n / p for p, n in zip(*times)]
+    pair_ratios = [n / p for p, n in zip(times[0], times[1])]
     n_holder.clear()
+  # The torch steps are the last calls; eager, so no compile time. MFU uses
+  # the project's model FLOPs: the same network (lightly's head differs by a
+  # bias and a BatchNorm, ~0.01% of the FLOPs); none for 'tiny', which torch
+  # builds as a different, wider net.
+  torch_rows = []
+  first_torch = len(calls) - len(torch_steps)
+  torch_flops = math.nan if args.model == 'tiny' else flops
+  for i, tstep in enumerate(torch_steps, first_torch):
+    timing = Timing(tstep.name, math.nan, statistics.median(times[i]), min(times[i]),
+                    max(times[i]), torch_flops,
+                    "the project step's model FLOPs (same network)", len(times[i]),
+                    **usage_medians(usage[i]))
+    augment_s = statistics.median(time_calls(tstep.augment, args.steps, warmup=1))
+    torch_rows.append(dict(timing=timing, augment_s=augment_s, loss=tstep.step(),
+                           pair_ratios=[t / p for p, t in zip(times[0], times[i])]))
 
   # --- augmentation alone (the project's view function, same sharded batch).
   aug, aug_call, aug_compiled = time_augment('augment', config.augment, config, batch,
@@ -705,7 +748,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   best_flops_per_s_by_form={name: matmul_flops / min(ts)
                                             for name, ts in mm_form_times.items()}),
       loss_after=dict(project=loss, naive=naive_loss))
-  for t in (project, aug, naive, *ablation):
+  for t in (project, aug, naive, *ablation, *(row['timing'] for row in torch_rows)):
     if t is None:
       continue
     result[t.name] = dataclasses.asdict(t) | dict(
@@ -721,6 +764,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result['ratio_project_over_naive'] = naive.step_s / project.step_s
     # Step i of each ran back to back: naive_i / project_i per pair.
     result['pair_ratios'] = pair_ratios
+  result['torch'] = [row['timing'].name for row in torch_rows]
+  for row in torch_rows:
+    name = row['timing'].name
+    result[name].update(augment_s=row['augment_s'],
+                        augment_share=row['augment_s'] / row['timing'].step_s,
+                        loss_after=row['loss'])
+    result[f'ratio_project_over_{name}'] = row['timing'].step_s / project.step_s
+    result[f'pair_ratios_{name}'] = row['pair_ratios']
   return result
 
 
@@ -747,8 +798,11 @@ def format_table(r: dict[str, Any]) -> str:
       'project': f"project (conv={r['conv']})",
       'naive': f"naive (plain jit, 1 device, aug={a['naive_augment']})",
       'augment': 'augment only (project views)',
+      'torch_nchw': 'PyTorch + lightly (eager, NCHW)',
+      'torch_channels_last': 'PyTorch + lightly (eager, channels_last)',
   }
-  for name in ('project', 'naive', 'augment', *r.get('augment_ablation', ())):
+  for name in ('project', 'naive', *r.get('torch', ()), 'augment',
+               *r.get('augment_ablation', ())):
     t = r.get(name)
     if not t:
       continue
@@ -756,7 +810,8 @@ def format_table(r: dict[str, Any]) -> str:
         f"| {labels.get(name, name)} | {1e3 * t['step_s']:.1f} | {1e3 * t['step_min_s']:.1f}-"
         f"{1e3 * t['step_max_s']:.1f} | {t['images_per_s']:.1f} | "
         f"{t['flops_per_image'] / 1e9:.3f} | {t['flops_per_s'] / 1e9:.1f} | "
-        f"{100 * t['mfu']:.1f}% | {t['compile_s']:.1f} |")
+        f"{100 * t['mfu']:.1f}% | "
+        + (f"{t['compile_s']:.1f} |" if math.isfinite(t['compile_s']) else '- (eager) |'))
   m = r['matmul']
   forms = m.get('best_flops_per_s_by_form') or {}
   form = (f", {max(forms, key=forms.get)} (best of "
@@ -776,7 +831,13 @@ def format_table(r: dict[str, Any]) -> str:
     lines.append(f"ratio project/naive (images/s): {r['ratio_project_over_naive']:.2f} "
                  f"(medians of steps taken in turn; per pair median "
                  f"{statistics.median(pairs):.2f}, min-max {min(pairs):.2f}-{max(pairs):.2f})")
-  faults = [(name, r[name]) for name in ('project', 'naive')
+  for name in r.get('torch', ()):
+    pairs = r[f'pair_ratios_{name}'] or [math.nan]
+    lines.append(f"ratio project / {labels[name]}, images/s: "
+                 f"{r[f'ratio_project_over_{name}']:.2f} (per pair median "
+                 f"{statistics.median(pairs):.2f}, min-max {min(pairs):.2f}-{max(pairs):.2f}); "
+                 f"its host augmentation {100 * r[name]['augment_share']:.1f}% of its step")
+  faults = [(name, r[name]) for name in ('project', 'naive', *r.get('torch', ()))
             if r.get(name) and math.isfinite(r[name].get('page_faults', math.nan))]
   if faults:
     lines.append('kernel work per step (whole process, median): ' + '; '.join(
@@ -785,7 +846,12 @@ def format_table(r: dict[str, Any]) -> str:
   lines.append(f"FLOPs from: project {r['project']['flops_source']}"
                + (f"; naive {r['naive']['flops_source']}" if r.get('naive') else ''))
   lines.append(f"loss after timing: project {r['loss_after']['project']:.4f}, "
-               f"naive {r['loss_after']['naive']:.4f}")
+               f"naive {r['loss_after']['naive']:.4f}"
+               + ''.join(f", {name} {r[name]['loss_after']:.4f}" for name in r.get('torch', ())))
+  if r.get('torch'):
+    env = r['env']
+    lines.append(f"PyTorch {env['torch']}, torchvision {env['torchvision']}, lightly "
+                 f"{env['lightly']}, {env['torch_threads']} intra-op threads")
   return '\n'.join(lines)
 
 

@@ -184,6 +184,64 @@ def test_throughput_quick_bfloat16(tmp_path):
                    r'[0-9.]+, float32 out [0-9.]+\)', stdout), stdout
 
 
+def test_throughput_quick_with_pytorch_and_lightly(tmp_path):
+  pytest.importorskip('torch')
+  pytest.importorskip('lightly')
+  out = tmp_path / 'tp.jsonl'
+  stdout = _run('throughput.py', ['--quick', '--naive', 'no', '--torch', 'both',
+                                  '--out', str(out)], {})
+  rows = {r[0]: r for r in _table_rows(stdout)}
+  for label in ('PyTorch + lightly (eager, NCHW)', 'PyTorch + lightly (eager, channels_last)'):
+    r = rows[label]
+    assert float(r[1]) > 0 and float(r[3]) > 0, r  # step ms, images/s
+    assert r[6] == 'nan%' and r[7] == '- (eager)', r  # --quick: a different net, no MFU
+    assert re.search(rf'ratio project / {re.escape(label)}, images/s: [0-9.]+ \(per pair '
+                     r'median [0-9.]+, min-max [0-9.]+-[0-9.]+\); its host augmentation '
+                     r'[0-9.]+% of its step', stdout), stdout
+  result = json.loads(out.read_text().splitlines()[-1])
+  assert result['torch'] == ['torch_nchw', 'torch_channels_last']
+  for name in result['torch']:
+    t = result[name]
+    assert t['steps'] == 2 and _finite(t['step_s']) and t['step_s'] > 0
+    assert 0 < t['augment_s'] < t['step_s'] and 0 < t['augment_share'] < 1
+    assert _finite(t['loss_after']) and t['loss_after'] > 0
+    assert _finite(t['page_faults']) and _finite(t['system_s'])
+    assert _finite(result[f'ratio_project_over_{name}'])
+    assert len(result[f'pair_ratios_{name}']) == 2
+  assert result['env']['torch'] and result['env']['lightly'] and result['env']['torch_threads'] > 0
+
+
+def test_pytorch_reference_is_the_same_network():
+  """The torch step's encoder has exactly the project's parameters (counts and
+  the feature width), for the CIFAR-stem ResNet-18 and the ImageNet ResNet-50."""
+  torch = pytest.importorskip('torch')
+  pytest.importorskip('lightly')
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.models import build_encoder, count_params  # pylint: disable=g-import-not-at-top
+  throughput = _bench_module('throughput')
+  torch_reference = _bench_module('torch_reference')
+  for model, size in (('resnet18', 32), ('resnet50', 224)):
+    encoder = build_encoder(throughput.model_config(model, size, 'float32'))
+    x = jnp.zeros((1, size, size, 3))
+    variables = jax.eval_shape(lambda e=encoder, x=x: e.init(jax.random.PRNGKey(0), x,
+                                                             train=False))
+    h = jax.eval_shape(lambda v, e=encoder, x=x: e.apply(v, x, train=False), variables)
+    net = torch_reference.build_backbone(model, cifar_stem=size <= 64, channels=3).eval()
+    with torch.no_grad():
+      h_torch = net(torch.zeros(1, 3, size, size))
+    assert torch_reference.encoder_parameter_count(model, size <= 64, 3) == count_params(
+        variables['params']), model
+    assert tuple(h_torch.shape) == h.shape, model
+
+
+def test_pytorch_reference_says_how_to_install(monkeypatch):
+  torch_reference = _bench_module('torch_reference')
+  monkeypatch.setitem(sys.modules, 'torch', None)
+  with pytest.raises(SystemExit, match='pip install torch torchvision lightly'):
+    torch_reference.versions()
+
+
 def test_ntxent_scale_quick(tmp_path):
   out = tmp_path / 'nt.jsonl'
   stdout = _run('ntxent_scale.py', ['--quick', '--out', str(out)], {})
