@@ -1,7 +1,8 @@
 """Whole-step SimCLR pretraining throughput on the current JAX backend.
 
   python benchmarks/throughput.py --model resnet18 --image-size 32 --batch 256 \
-      --dtype float32 --steps 10 [--conv auto|xla|fast] [--out results.jsonl]
+      --dtype float32 --steps 10 [--conv auto|xla|fast|onednn] [--torch both] \
+      [--out results.jsonl]
   python benchmarks/throughput.py --quick        # seconds: CI's smoke check
 
 Times, on synthetic uint8 images (no dataset, never TensorFlow):
@@ -31,7 +32,9 @@ Times, on synthetic uint8 images (no dataset, never TensorFlow):
 Step time: median of --steps steps (each ended by block_until_ready) after
 compilation and --warmup steps. The project and naive steps and the matmul
 take turns (project, naive, matmul, project, ...) in one process, so the
-ratio and MFU compare the same minutes of a shared machine. The project step
+ratio and MFU compare the same minutes of a shared machine. On a one-device
+CPU the project step's convolutions are oneDNN's (--conv auto; NOTES.md idea
+43), else cpu_conv's. The project step
 alone gets the binaries' XLA:CPU setting (Eigen convolutions), as compiler
 options of its own compilation (xla_cpu.compiler_options(): the same
 optimised HLO as the binaries' XLA_FLAGS, checked in tests/test_xla_cpu.py);
@@ -155,8 +158,10 @@ def resolve_conv(choice: str) -> tuple[Any, str]:
 
   xla: flax nn.Conv (XLA's convolution and its autodiff).
   fast: the CPU-fast conv of contrastive_jax.models.cpu_conv, on any backend.
-  auto: cpu_conv.conv_cls_for_backend('auto') when that module exists (the
-    fast conv on the CPU backend only), else nn.Conv.
+  onednn: models/onednn_conv.py's Conv (oneDNN through JAX's FFI; CPU only).
+  auto: cpu_conv.conv_cls_for_backend('auto') when that module exists (on
+    the CPU backend oneDNN's conv with one device, else the fast conv), else
+    nn.Conv.
   """
   if choice == 'xla':
     return nn.Conv, 'xla: nn.Conv'
@@ -500,7 +505,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument('--dtype', choices=tuple(_DTYPES), default='float32', help='compute dtype')
   p.add_argument('--steps', type=int, default=10, help='timed steps (median; >= 10)')
   p.add_argument('--warmup', type=int, default=2, help='untimed steps after compiling')
-  p.add_argument('--conv', choices=('auto', 'xla', 'fast'), default='auto')
+  p.add_argument('--conv', choices=('auto', 'xla', 'fast', 'onednn'), default='auto',
+                 help="project step's convolution: auto = oneDNN on a one-device CPU "
+                      '(models/onednn_conv.py) when available, else fast; fast = '
+                      'models/cpu_conv.py; xla = nn.Conv')
   p.add_argument('--probe-classes', type=int, default=10,
                  help='online linear probe classes in the project step (0 = no probe)')
   p.add_argument('--naive', choices=('yes', 'no'), default='yes',

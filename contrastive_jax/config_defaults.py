@@ -57,8 +57,10 @@ def model_defaults() -> ml_collections.ConfigDict:
       proj_dim=128,
       proj_hidden_dim=0,           # 0 = encoder output width
       dtype='float32',             # compute dtype: 'float32' | 'bfloat16'
-      conv='auto',                 # 'auto': fast-weight-gradient conv on CPU, XLA's
-                                   # elsewhere | 'xla' | 'fast' (models/cpu_conv.py)
+      conv='auto',                 # 'auto': on CPU oneDNN's conv with one device, else
+                                   # the fast-weight-gradient conv; XLA's elsewhere |
+                                   # 'xla' | 'fast' | 'onednn' (models/cpu_conv.py,
+                                   # models/onednn_conv.py)
       conv_xla_wgrad_below=0,      # fast conv: XLA's weight gradient on maps under
                                    # this many px (0 = never; cpu_conv.py says when)
       bn_momentum=0.9,
@@ -144,7 +146,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     'model.stem_stride': (1, 2),
     'model.pool': ('avg', 'flatten'),
     'model.dtype': ('float32', 'bfloat16'),
-    'model.conv': ('auto', 'xla', 'fast'),
+    'model.conv': ('auto', 'xla', 'fast', 'onednn'),
     'data.source': ('embedded', 'idx', 'tfds', 'folder'),
     'data.random_crop_from': ('image', 'center_square'),
     'optim.name': ('lars', 'sgd', 'adamw'),

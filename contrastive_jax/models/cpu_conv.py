@@ -40,6 +40,7 @@ XLA's native convolution.
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -557,19 +558,37 @@ def conv_cls_for_backend(policy: str = 'auto', backend: str | None = None,
                          xla_wgrad_below: int = 0) -> Callable[..., nn.Module]:
   """The convolution class to pass as ResNet(conv_cls=...).
 
-  policy: 'auto' -> the fast-wgrad Conv on the CPU backend, nn.Conv elsewhere
-          (GPU/TPU keep XLA's native, well-tuned convolution);
-          'xla' -> always nn.Conv; 'fast' -> always this module's Conv.
+  policy: 'auto' -> on the CPU backend, onednn_conv.Conv when the process has
+          one device and oneDNN is available (1.33x the step of this module's
+          Conv on ResNet-18; NOTES.md idea 43), else this module's Conv;
+          nn.Conv elsewhere (GPU/TPU keep XLA's native, well-tuned
+          convolution). 'xla' -> always nn.Conv; 'fast' -> always this
+          module's Conv; 'onednn' -> always onednn_conv.Conv (an error naming
+          what is missing when it is not available).
   backend: defaults to jax.default_backend().
-  xla_wgrad_below: for the fast Conv, XLA's weight gradient on maps under
-          this many px (see conv_general_dilated); 0 = ours everywhere.
+  xla_wgrad_below: for this module's Conv, XLA's weight gradient on maps
+          under this many px (see conv_general_dilated); 0 = ours everywhere.
   """
   if policy == 'xla':
     return nn.Conv
-  if policy not in ('auto', 'fast'):
-    raise ValueError(f"conv policy must be 'auto', 'xla' or 'fast', got {policy!r}")
+  if policy not in ('auto', 'fast', 'onednn'):
+    raise ValueError(
+        f"conv policy must be 'auto', 'xla', 'fast' or 'onednn', got {policy!r}")
   if policy == 'auto' and (backend or jax.default_backend()) != 'cpu':
     return nn.Conv
+  if policy == 'onednn' or (policy == 'auto' and jax.device_count() == 1):
+    # A custom call cannot be split by XLA's SPMD partitioner: with several
+    # devices 'auto' keeps this module's Conv (see onednn_conv's doc).
+    from contrastive_jax.models import onednn_conv  # pylint: disable=g-import-not-at-top
+    if onednn_conv.available():
+      return onednn_conv.Conv
+    if policy == 'onednn':
+      raise RuntimeError(f"config.model.conv='onednn' but oneDNN convolutions are not "
+                         f"available: {onednn_conv.unavailable_reason()}. Use "
+                         f"config.model.conv='auto' to fall back to cpu_conv.Conv.")
+    logging.getLogger(__name__).warning(
+        'oneDNN convolutions unavailable, using cpu_conv.Conv (about 1.3x slower '
+        'on CPU): %s', onednn_conv.unavailable_reason())
   if not xla_wgrad_below:
     return Conv
   # Still the class Conv when called, so param names stay 'Conv_0', ...
