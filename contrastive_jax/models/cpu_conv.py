@@ -484,6 +484,19 @@ def _all_ones(v: Any) -> bool:
   return v is None or all(int(d) == 1 for d in np.atleast_1d(v))
 
 
+def is_plain_nhwc_conv(lhs: jax.Array, rhs: jax.Array, lhs_dilation: Any,
+                       rhs_dilation: Any, dimension_numbers: Any,
+                       feature_group_count: int, batch_group_count: int,
+                       preferred_element_type: Any) -> bool:
+  """True for a 2-D NHWC/HWIO convolution without dilation or groups, with
+  one dtype and no output dtype of its own: the convolutions that this
+  module and onednn_conv replace (lax.conv_general_dilated's arguments)."""
+  return (lhs.ndim == 4 and _is_nhwc(dimension_numbers) and _all_ones(lhs_dilation)
+          and _all_ones(rhs_dilation) and feature_group_count == 1
+          and batch_group_count == 1 and preferred_element_type is None
+          and lhs.dtype == rhs.dtype)
+
+
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array,
                          window_strides: Sequence[int],
                          padding: Any,
@@ -514,11 +527,9 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array,
     raise ValueError(f"wgrad must be 'auto', 'fast' or 'xla', got {wgrad!r}")
   if xla_wgrad_below < 0:
     raise ValueError(f'xla_wgrad_below must be >= 0 (px; 0 = never), got {xla_wgrad_below}')
-  supported = (lhs.ndim == 4 and _is_nhwc(dimension_numbers) and _all_ones(lhs_dilation)
-               and _all_ones(rhs_dilation) and feature_group_count == 1
-               and batch_group_count == 1 and preferred_element_type is None
-               and lhs.dtype == rhs.dtype)
-  if not supported:
+  if not is_plain_nhwc_conv(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+                            feature_group_count, batch_group_count,
+                            preferred_element_type):
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,

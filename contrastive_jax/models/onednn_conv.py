@@ -189,11 +189,10 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array,
   (forward and both gradients; float32 is exact in oneDNN, so `precision`
   has nothing to choose); anything else goes to cpu_conv.conv_general_dilated."""
   strides = tuple(int(s) for s in window_strides)
-  supported = (lhs.ndim == 4 and cpu_conv._is_nhwc(dimension_numbers)  # pylint: disable=protected-access
-               and cpu_conv._all_ones(lhs_dilation) and cpu_conv._all_ones(rhs_dilation)  # pylint: disable=protected-access
-               and feature_group_count == 1 and batch_group_count == 1
-               and preferred_element_type is None and strides[0] == strides[1]
-               and lhs.dtype == rhs.dtype == jnp.float32)
+  supported = (cpu_conv.is_plain_nhwc_conv(lhs, rhs, lhs_dilation, rhs_dilation,
+                                           dimension_numbers, feature_group_count,
+                                           batch_group_count, preferred_element_type)
+               and strides[0] == strides[1] and lhs.dtype == jnp.float32)
   if not supported or not available():
     return cpu_conv.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
