@@ -1,5 +1,8 @@
-"""Host input: IDX/embedded/folder/tfds sources and the deterministic batch stream."""
+"""Host input: the source registry, the IDX/embedded/folder/tfds sources and the
+deterministic batch stream."""
 
+import ast
+import dataclasses
 import gzip
 import importlib.util
 import os
@@ -12,13 +15,18 @@ import numpy as np
 import pytest
 
 from contrastive_jax import config_defaults
+from contrastive_jax.data import embedded
+from contrastive_jax.data import folder
+from contrastive_jax.data import idx
 from contrastive_jax.data import pipeline
+from contrastive_jax.data import registry
 from contrastive_jax.data import sources
 from contrastive_jax.data.sources import ArraySource
 
 REAL_IDX_DIR = config_defaults.data_defaults().idx_dir
 HAVE_REAL_IDX = os.path.exists(os.path.join(REAL_IDX_DIR, 'train-images-idx3-ubyte.gz'))
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA_DIR = os.path.join(REPO, 'contrastive_jax', 'data')
 
 
 def _data_cfg(**overrides) -> ml_collections.ConfigDict:
@@ -62,7 +70,7 @@ def _write_fake_idx_dir(directory, n_train=12, n_test=5, side=3):
 def test_read_idx_generated_files(tmp_path):
   arrays = _write_fake_idx_dir(str(tmp_path))
   for split in ('train', 'test'):
-    src = sources.load_idx(str(tmp_path), split)
+    src = idx.load_idx(str(tmp_path), split)
     images, labels = arrays[split]
     assert src.images.dtype == np.uint8 and src.images.shape == images.shape + (1,)
     np.testing.assert_array_equal(src.images[..., 0], images)
@@ -71,35 +79,35 @@ def test_read_idx_generated_files(tmp_path):
   # Other dtypes, uncompressed files.
   ints = np.arange(-6, 6, dtype=np.int32).reshape(3, 4)
   _write_idx(str(tmp_path / 'ints-idx2'), ints, code=0x0C, compress=False)
-  np.testing.assert_array_equal(sources.read_idx(str(tmp_path / 'ints-idx2')), ints)
+  np.testing.assert_array_equal(idx.read_idx(str(tmp_path / 'ints-idx2')), ints)
   floats = np.linspace(0, 1, 5, dtype=np.float32)
   _write_idx(str(tmp_path / 'f.gz'), floats, code=0x0D)
-  np.testing.assert_array_equal(sources.read_idx(str(tmp_path / 'f.gz')), floats)
+  np.testing.assert_array_equal(idx.read_idx(str(tmp_path / 'f.gz')), floats)
 
 
 def test_read_idx_rejects_bad_files(tmp_path):
   (tmp_path / 'junk').write_bytes(b'PK\x03\x04 not idx')
   with pytest.raises(ValueError, match='not an IDX file'):
-    sources.read_idx(str(tmp_path / 'junk'))
+    idx.read_idx(str(tmp_path / 'junk'))
   with open(tmp_path / 'short', 'wb') as f:  # header says 10 bytes, 3 follow
     f.write(struct.pack('>BBBBI', 0, 0, 8, 1, 10) + b'abc')
   with pytest.raises(ValueError, match='header says'):
-    sources.read_idx(str(tmp_path / 'short'))
+    idx.read_idx(str(tmp_path / 'short'))
 
 
 def test_missing_idx_names_key_and_package(tmp_path):
   with pytest.raises(FileNotFoundError) as err:
-    sources.load_idx(str(tmp_path), 'train')
+    idx.load_idx(str(tmp_path), 'train')
   assert 'config.data.idx_dir' in str(err.value)
   assert 'apt-get install dataset-fashion-mnist' in str(err.value)
   with pytest.raises(ValueError, match='train_split'):
-    sources.load_idx(str(tmp_path), 'validation')
+    idx.load_idx(str(tmp_path), 'validation')
 
 
 @pytest.mark.skipif(not HAVE_REAL_IDX, reason='apt-get install dataset-fashion-mnist')
 def test_real_fashion_mnist_idx():
-  train = sources.load_idx(REAL_IDX_DIR, 'train')
-  test = sources.load_idx(REAL_IDX_DIR, 'test')
+  train = idx.load_idx(REAL_IDX_DIR, 'train')
+  test = idx.load_idx(REAL_IDX_DIR, 'test')
   assert train.images.shape == (60000, 28, 28, 1) and test.images.shape == (10000, 28, 28, 1)
   assert train.num_classes == 10
   np.testing.assert_array_equal(np.bincount(train.labels), [6000] * 10)
@@ -110,8 +118,8 @@ def test_real_fashion_mnist_idx():
 # Embedded subset.
 
 def test_embedded_subset_loads_balanced():
-  assert os.path.getsize(sources.EMBEDDED_PATH) <= 5.5e6
-  train, test = sources.load_embedded('train'), sources.load_embedded('test')
+  assert os.path.getsize(embedded.EMBEDDED_PATH) <= 5.5e6
+  train, test = embedded.load_embedded('train'), embedded.load_embedded('test')
   assert train.images.shape == (10000, 28, 28, 1) and train.images.dtype == np.uint8
   assert test.images.shape == (2000, 28, 28, 1)
   np.testing.assert_array_equal(np.bincount(train.labels), [1000] * 10)
@@ -120,7 +128,7 @@ def test_embedded_subset_loads_balanced():
   assert not train.images.flags.writeable  # shared through a cache
   assert 0 < train.images.mean() < 255
   with pytest.raises(ValueError, match='test_split'):
-    sources.load_embedded('validation')
+    embedded.load_embedded('validation')
 
 
 @pytest.mark.skipif(not HAVE_REAL_IDX, reason='apt-get install dataset-fashion-mnist')
@@ -131,10 +139,10 @@ def test_embedded_subset_is_reproducible_from_idx(capsys):
   spec.loader.exec_module(script)
   assert script.main(['--check']) == 0, capsys.readouterr().out
   # Rows are the IDX rows the file says they are.
-  with np.load(sources.EMBEDDED_PATH) as npz:
+  with np.load(embedded.EMBEDDED_PATH) as npz:
     rows = npz['test_source_index']
-  full = sources.load_idx(REAL_IDX_DIR, 'test')
-  np.testing.assert_array_equal(full.images[rows], sources.load_embedded('test').images)
+  full = idx.load_idx(REAL_IDX_DIR, 'test')
+  np.testing.assert_array_equal(full.images[rows], embedded.load_embedded('test').images)
 
 
 # ---------------------------------------------------------------------------
@@ -153,14 +161,14 @@ def test_folder_source_with_class_subfolders(tmp_path):
       _write_png(tmp_path / cls / f'{i}.png', (12 + 4 * i, 10), value=value + i)
   _write_png(tmp_path / 'ant' / 'gray.png', (10, 10), mode='L', value=99)  # mixed modes -> RGB
   (tmp_path / 'ant' / 'notes.txt').write_text('not an image')
-  src = sources.load_folder(str(tmp_path), image_size=8)
+  src = folder.load_folder(str(tmp_path), image_size=8)
   assert src.images.shape == (7, 8, 8, 3) and src.images.dtype == np.uint8
   assert src.num_classes == 2
   np.testing.assert_array_equal(src.labels, [0, 0, 0, 0, 1, 1, 1])  # 'ant' < 'zebra'
   assert src.images[0, 4, 4, 0] == 200 and src.images[6, 4, 4, 0] == 12
   np.testing.assert_array_equal(src.images[3, 4, 4], [99, 99, 99])  # gray.png as RGB
   # image_size 0: every image resized to the first one's size (W=12, H=10).
-  assert sources.load_folder(str(tmp_path)).images.shape == (7, 10, 12, 3)
+  assert folder.load_folder(str(tmp_path)).images.shape == (7, 10, 12, 3)
 
 
 def test_folder_source_flat_grayscale_and_splits(tmp_path):
@@ -168,7 +176,7 @@ def test_folder_source_flat_grayscale_and_splits(tmp_path):
   flat.mkdir()
   for i in range(4):
     _write_png(flat / f'{i}.png', (6, 6), mode='L', value=i)
-  src = sources.load_folder(str(flat))
+  src = folder.load_folder(str(flat))
   assert src.images.shape == (4, 6, 6, 1) and src.num_classes == 0
   np.testing.assert_array_equal(src.labels, [-1] * 4)
   # load_source: folder/<split>/ when present; else the whole folder is train only.
@@ -182,7 +190,7 @@ def test_folder_source_flat_grayscale_and_splits(tmp_path):
   with pytest.raises(FileNotFoundError, match='test'):
     sources.load_source(cfg, 'test')
   with pytest.raises(FileNotFoundError, match='config.data.folder'):
-    sources.load_folder(str(tmp_path / 'nope'))
+    folder.load_folder(str(tmp_path / 'nope'))
 
 
 def test_load_source_dispatch(tmp_path):
@@ -193,13 +201,191 @@ def test_load_source_dispatch(tmp_path):
   with pytest.raises(ValueError) as err:
     sources.load_source(_data_cfg(source='hdf5'), 'train')
   assert 'config.data.source' in str(err.value) and "'folder'" in str(err.value)
+  # The names other modules and scripts reach through `sources`.
+  assert sources.load_idx is idx.load_idx and sources.load_embedded is embedded.load_embedded
+  assert sources.EMBEDDED_PATH == embedded.EMBEDDED_PATH
+
+
+# ---------------------------------------------------------------------------
+# The source registry.
+
+def test_builtin_sources_registered_in_order():
+  assert registry.names() == ('embedded', 'idx', 'tfds', 'folder')
+  assert registry.names('image') == registry.names() and registry.names('text') == ()
+  assert registry.get('tfds').streams and registry.get('tfds').stream_eval is not None
+  assert not any(registry.get(n).streams for n in ('embedded', 'idx', 'folder'))
+  assert all(registry.get(n).doc for n in registry.names())
+
+
+def _checkerboard(data_cfg, split: str) -> ArraySource:
+  """Tiny uint8 checkerboards: example i has squares of side 1 + i % 3, phase i % 2."""
+  n, side = {'train': 24, 'test': 6}[split], 6
+  rows, cols = np.indices((side, side))
+  images = np.stack([(((rows // (1 + i % 3) + cols // (1 + i % 3) + i) % 2) * 255)
+                     for i in range(n)]).astype(np.uint8)[..., None]
+  images[:, 0, 0, 0] = np.arange(n)  # row tag, to match images to ids
+  return ArraySource(images=images, labels=np.arange(n) % 3, num_classes=3,
+                     name=f'checkerboard:{split}')
+
+
+@pytest.fixture
+def checkerboard():
+  """A source registered from this test module; gone again afterwards."""
+  source = registry.register(registry.Source(
+      name='checkerboard', load=_checkerboard, doc='tiny generated checkerboards'))
+  yield source
+  registry.unregister('checkerboard')
+  assert 'checkerboard' not in registry.names()
+
+
+def test_a_registered_source_feeds_the_pipeline(checkerboard):
+  assert registry.get('checkerboard') is checkerboard
+  assert registry.names()[-1] == 'checkerboard'
+  cfg = _data_cfg(source='checkerboard', val_examples=6)
+  test = sources.load_source(cfg, 'test')
+  np.testing.assert_array_equal(test.images, _checkerboard(cfg, 'test').images)
+  train, val = pipeline.load_split(cfg, 'train'), pipeline.load_split(cfg, 'val')
+  assert train.num_examples == 18 and val.num_examples == 6
+  np.testing.assert_array_equal(np.bincount(val.labels), [2, 2, 2])
+  np.testing.assert_array_equal(
+      np.sort(np.concatenate([train.example_ids(), val.example_ids()])), np.arange(24))
+  assert not pipeline.streaming(cfg)
+  it = pipeline.make_train_iterator(cfg, global_batch_size=6, seed=0,
+                                    process_index=0, process_count=1)
+  assert isinstance(it, pipeline.BatchIterator) and it.steps_per_epoch == 3
+  batch = next(it)
+  full = _checkerboard(cfg, 'train')
+  np.testing.assert_array_equal(batch['image'], full.images[batch['index']])
+  np.testing.assert_array_equal(batch['label'], batch['index'] % 3)
+  assert not set(batch['index']) & set(val.example_ids())
+  evals = list(pipeline.make_eval_iterator(cfg, 'test', global_batch_size=4,
+                                           process_index=0, process_count=1))
+  assert len(evals) == 2 and sum(b['mask'].sum() for b in evals) == 6
+
+
+def test_a_registered_stream_is_used_when_not_in_memory(checkerboard):
+  calls = []
+
+  def stream_train(data_cfg, **kw):
+    calls.append(('train', kw['seed'], kw['start_step']))
+    return pipeline.BatchIterator(checkerboard.load(data_cfg, data_cfg.train_split), **kw)
+
+  def stream_eval(data_cfg, split, **kw):
+    calls.append(('eval', split))
+    return pipeline.eval_batches(checkerboard.load(data_cfg, split), **kw)
+
+  registry.register(dataclasses.replace(checkerboard, stream_train=stream_train,
+                                        stream_eval=stream_eval), replace=True)
+  cfg = _data_cfg(source='checkerboard', in_memory=False, val_examples=0)
+  assert pipeline.streaming(cfg)
+  it = pipeline.make_train_iterator(cfg, global_batch_size=6, seed=3, start_step=1,
+                                    process_index=0, process_count=1)
+  assert next(it)['image'].shape == (6, 6, 6, 1) and it.step == 2
+  assert len(list(pipeline.make_eval_iterator(cfg, 'test', global_batch_size=4,
+                                              process_index=0, process_count=1))) == 2
+  assert calls == [('train', 3, 1), ('eval', 'test')]
+  with pytest.raises(ValueError, match="'val' carve"):
+    pipeline.make_eval_iterator(cfg, 'val', global_batch_size=4, process_index=0,
+                                process_count=1)
+  cfg.val_examples = 6
+  with pytest.raises(ValueError, match='in_memory=True'):
+    pipeline.make_train_iterator(cfg, global_batch_size=6, seed=0, process_index=0,
+                                 process_count=1)
+  cfg.in_memory = True  # the same source, loaded whole
+  assert not pipeline.streaming(cfg)
+  assert pipeline.load_split(cfg, 'val').num_examples == 6
+
+
+def test_unknown_source_lists_the_registered_ones(checkerboard):
+  for call in (lambda cfg: sources.load_source(cfg, 'train'),
+               lambda cfg: pipeline.load_split(cfg, 'train'), pipeline.streaming,
+               lambda cfg: registry.get(cfg.source)):
+    with pytest.raises(ValueError) as err:
+      call(_data_cfg(source='hdf5'))
+    message = str(err.value)
+    assert message.startswith("config.data.source='hdf5' is not valid; choose one of (")
+    for name in ('embedded', 'idx', 'tfds', 'folder', 'checkerboard'):
+      assert repr(name) in message
+
+
+def test_register_refuses_a_taken_name_unless_replace():
+  embedded_source = registry.get('embedded')
+  with pytest.raises(ValueError, match="'embedded' is already registered"):
+    registry.register(registry.Source(name='embedded', load=_checkerboard))
+  assert registry.get('embedded') is embedded_source
+  try:
+    registry.register(registry.Source(name='embedded', load=_checkerboard), replace=True)
+    assert sources.load_source(_data_cfg(), 'test').name == 'checkerboard:test'
+  finally:
+    registry.register(embedded_source, replace=True)
+  assert sources.load_source(_data_cfg(), 'test').name == 'fashion_mnist_subset:test'
+  assert registry.names() == ('embedded', 'idx', 'tfds', 'folder')  # order kept
+  with pytest.raises(ValueError, match='stream_train and stream_eval'):
+    registry.register(registry.Source(name='half', load=_checkerboard,
+                                      stream_train=lambda cfg, **kw: None))
+  with pytest.raises(TypeError):
+    registry.register(registry.Source(name='nothing', load=None))
+  assert 'half' not in registry.names() and 'nothing' not in registry.names()
+
+
+def _data_imports() -> dict[str, set[str]]:
+  """contrastive_jax.data module -> the package modules it imports (anywhere in it)."""
+  modules = {f[:-3] for f in os.listdir(DATA_DIR) if f.endswith('.py')} - {'__init__'}
+  graph = {}
+  for module in modules:
+    with open(os.path.join(DATA_DIR, module + '.py')) as f:
+      tree = ast.parse(f.read())
+    found = set()
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Import):
+        targets = [a.name for a in node.names]
+      elif isinstance(node, ast.ImportFrom) and node.module:
+        targets = [node.module] + [f'{node.module}.{a.name}' for a in node.names]
+      else:
+        continue
+      for target in targets:
+        if target.startswith('contrastive_jax.data.'):
+          name = target.split('.')[2]
+          if name in modules:
+            found.add(name)
+    graph[module] = found - {module}
+  return graph
+
+
+def test_no_import_cycle_among_data_modules():
+  graph = _data_imports()
+  assert {'registry', 'sources', 'pipeline', 'tfds_source', 'process_rows'} <= set(graph)
+  assert 'tfds_source' not in graph['pipeline'] and 'pipeline' not in graph['tfds_source']
+  # Every source module can import these two: they import nothing else of the
+  # package (registry names ArraySource for type hints only).
+  assert graph['registry'] <= {'arrays'} and graph['arrays'] == set()
+  done, path = set(), []
+
+  def visit(module):
+    assert module not in path, ' -> '.join(path[path.index(module):] + [module])
+    if module in done:
+      return
+    path.append(module)
+    for dep in sorted(graph[module]):
+      visit(dep)
+    path.pop()
+    done.add(module)
+
+  for module in sorted(graph):
+    visit(module)
+  # And each module imports first, in a fresh interpreter, with the sources registered.
+  for module in sorted(graph):
+    code = (f'import contrastive_jax.data.{module}\n'
+            'from contrastive_jax.data import registry\n'
+            "assert registry.names() == ('embedded', 'idx', 'tfds', 'folder'), registry.names()\n")
+    subprocess.run([sys.executable, '-c', code], check=True, cwd=REPO)
 
 
 # ---------------------------------------------------------------------------
 # Subsets.
 
 def test_select_label_subset_balanced_deterministic_nested():
-  labels = sources.load_embedded('train').labels
+  labels = embedded.load_embedded('train').labels
   one = sources.select_label_subset(labels, fraction=0.01, seed=3)
   ten = sources.select_label_subset(labels, fraction=0.10, seed=3)
   assert len(one) == 100 and len(ten) == 1000
@@ -478,10 +664,17 @@ def test_tfds_stream_mock(tfds_mod, tmp_path):
 
 def test_no_tensorflow_import():
   code = ('import sys\n'
+          'import contrastive_jax.data\n'
+          "bad = [m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules]\n"
+          'assert not bad, bad\n'
           'import contrastive_jax.data.pipeline, contrastive_jax.data.sources\n'
           'import contrastive_jax.data.tfds_source\n'
-          'from contrastive_jax.data import sources\n'
+          'from contrastive_jax.data import pipeline, registry, sources\n'
           "sources.load_embedded('test')\n"
+          'from contrastive_jax import config_defaults\n'
+          "cfg = config_defaults.data_defaults()\n"
+          "cfg.source, cfg.in_memory = 'tfds', False\n"
+          'assert pipeline.streaming(cfg)  # asks the registry, not TensorFlow\n'
           "bad = [m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules]\n"
           'assert not bad, bad\n')
   subprocess.run([sys.executable, '-c', code], check=True, cwd=REPO)

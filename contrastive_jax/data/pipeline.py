@@ -21,8 +21,10 @@ Each batch is a dict of numpy arrays:
                            the per-example augmentation keys on device.
 `eval_batches` adds `mask` (bool, False on padding rows).
 
-Streaming (tf.data) datasets too big for memory live in `tfds_source.py`;
-`make_train_iterator` / `make_eval_iterator` pick between the two from config.
+Sources with a streaming form (`registry.Source.stream_train` / `stream_eval`,
+e.g. tf.data for datasets too big for memory) give their own iterators with the
+same interface; `make_train_iterator` / `make_eval_iterator` pick between the
+two from config, through the registry, so this module names no source.
 """
 
 from __future__ import annotations
@@ -34,31 +36,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from contrastive_jax.data import registry
 from contrastive_jax.data import sources
-from contrastive_jax.data.sources import ArraySource
+from contrastive_jax.data.arrays import ArraySource
+# Re-exported: callers and tests reach them as pipeline.process_info / local_rows.
+from contrastive_jax.data.process_rows import local_rows, process_info  # pylint: disable=unused-import
 
 # The train/val carve must not move when the training seed changes.
 VAL_SEED = 0
-
-
-def process_info(process_index: int | None, process_count: int | None) -> tuple[int, int]:
-  """(process_index, process_count), from jax where not given."""
-  if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-  if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index={process_index} not in [0, {process_count}).')
-  return int(process_index), int(process_count)
-
-
-def local_rows(global_batch_size: int, process_index: int, process_count: int) -> slice:
-  """This process's contiguous rows of the global batch."""
-  if global_batch_size % process_count:
-    raise ValueError(f'config.batch_size={global_batch_size} must be divisible by the '
-                     f'number of processes ({process_count}).')
-  n_local = global_batch_size // process_count
-  return slice(process_index * n_local, (process_index + 1) * n_local)
 
 
 class _Sampler:
@@ -300,15 +285,17 @@ def load_split(data_cfg: Any, which: str) -> ArraySource:
 
 
 def streaming(data_cfg: Any) -> bool:
-  """Whether config.data is read as a tf.data stream (too big for host memory)."""
-  return data_cfg.source == 'tfds' and not data_cfg.in_memory
+  """Whether config.data is read as a stream (too big for host memory): the
+  source has a streaming form and config.data.in_memory is False."""
+  return registry.get(data_cfg.source).streams and not data_cfg.in_memory
 
 
 def make_train_iterator(data_cfg: Any, *, global_batch_size: int, seed: int,
                         start_step: int = 0, process_index: int | None = None,
                         process_count: int | None = None):
-  """The training stream for config.data: a BatchIterator, or a tf.data stream
-  (`tfds_source.TfdsTrainStream`) when source='tfds' and in_memory=False.
+  """The training stream for config.data: a BatchIterator, or the source's own
+  stream (`registry.Source.stream_train`, e.g. a tf.data stream) when it has one
+  and config.data.in_memory is False.
 
   Both have .step, .state(), .close(), .num_examples, .num_classes,
   .image_shape, .steps_per_epoch, .local_batch_size and yield the same dicts.
@@ -317,15 +304,10 @@ def make_train_iterator(data_cfg: Any, *, global_batch_size: int, seed: int,
   if streaming(data_cfg):
     if data_cfg.val_examples:
       raise ValueError('config.data.val_examples > 0 needs config.data.in_memory=True '
-                       '(streamed tfds data evaluates on config.data.test_split).')
-    from contrastive_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
-    return tfds_source.TfdsTrainStream(
-        data_cfg.name, data_cfg.train_split, data_dir=data_cfg.data_dir,
-        global_batch_size=global_batch_size, seed=seed, start_step=start_step,
-        image_size=sources.host_image_size(data_cfg),
-        random_crop_from=data_cfg.get('random_crop_from', 'image'),
-        shuffle_buffer=data_cfg.shuffle_buffer,
-        prefetch=data_cfg.prefetch, process_index=pi, process_count=pc)
+                       '(streamed data evaluates on config.data.test_split).')
+    return registry.get(data_cfg.source).stream_train(
+        data_cfg, global_batch_size=global_batch_size, seed=seed, start_step=start_step,
+        process_index=pi, process_count=pc)
   return BatchIterator(load_split(data_cfg, 'train'), global_batch_size=global_batch_size,
                        seed=seed, start_step=start_step, process_index=pi,
                        process_count=pc, prefetch=data_cfg.prefetch)
@@ -339,11 +321,9 @@ def make_eval_iterator(data_cfg: Any, which: str, *, global_batch_size: int,
   if streaming(data_cfg):
     if which == 'val':
       raise ValueError("A 'val' carve needs config.data.in_memory=True.")
-    from contrastive_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
     split = data_cfg.test_split if which == 'test' else data_cfg.train_split
-    return tfds_source.stream_eval_batches(
-        data_cfg.name, split, data_dir=data_cfg.data_dir,
-        global_batch_size=global_batch_size, image_size=sources.host_image_size(data_cfg),
+    return registry.get(data_cfg.source).stream_eval(
+        data_cfg, split, global_batch_size=global_batch_size,
         process_index=pi, process_count=pc)
   return eval_batches(load_split(data_cfg, which), global_batch_size,
                       process_index=pi, process_count=pc)

@@ -1,7 +1,10 @@
-"""TensorFlow Datasets sources: the one module that imports TensorFlow.
+"""Source 'tfds': TensorFlow Datasets, the one module that imports TensorFlow.
 
-TensorFlow and tfds are imported inside functions only, so importing this module
-(or anything in contrastive_jax) costs nothing and starts no TF runtime.
+Registers source 'tfds' (any tfds dataset with an 'image' feature, named by
+config.data.name), with a streaming form that `pipeline` uses when
+config.data.in_memory is False. TensorFlow and tfds are imported inside
+functions only, so importing this module (or anything in contrastive_jax) costs
+nothing and starts no TF runtime.
 
 Two paths:
   load_tfds_arrays   a whole split into host memory as an ArraySource (CIFAR-10/100,
@@ -46,8 +49,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from contrastive_jax.data.pipeline import process_info, local_rows
-from contrastive_jax.data.sources import ArraySource
+from contrastive_jax.data import registry
+from contrastive_jax.data.arrays import ArraySource, host_image_size
+from contrastive_jax.data.process_rows import local_rows, process_info
 
 
 @functools.lru_cache(maxsize=None)
@@ -430,3 +434,36 @@ def stream_eval_batches(name: str, split: str, *, data_dir: str = '',
                label=np.zeros((local_batch,), np.int32),
                index=np.full((local_batch,), -1, np.int64),
                mask=np.zeros((local_batch,), bool))
+
+
+# ---------------------------------------------------------------------------
+# The registered source: config.data -> the functions above.
+
+def _load(data_cfg: Any, split: str) -> ArraySource:
+  return load_tfds_arrays(data_cfg.name, split, data_cfg.data_dir,
+                          image_size=host_image_size(data_cfg))
+
+
+def _stream_train(data_cfg: Any, *, global_batch_size: int, seed: int, start_step: int,
+                  process_index: int, process_count: int) -> TfdsTrainStream:
+  return TfdsTrainStream(
+      data_cfg.name, data_cfg.train_split, data_dir=data_cfg.data_dir,
+      global_batch_size=global_batch_size, seed=seed, start_step=start_step,
+      image_size=host_image_size(data_cfg),
+      random_crop_from=data_cfg.get('random_crop_from', 'image'),
+      shuffle_buffer=data_cfg.shuffle_buffer,
+      prefetch=data_cfg.prefetch, process_index=process_index,
+      process_count=process_count)
+
+
+def _stream_eval(data_cfg: Any, split: str, *, global_batch_size: int, process_index: int,
+                 process_count: int) -> Iterator[dict[str, np.ndarray]]:
+  return stream_eval_batches(
+      data_cfg.name, split, data_dir=data_cfg.data_dir,
+      global_batch_size=global_batch_size, image_size=host_image_size(data_cfg),
+      process_index=process_index, process_count=process_count)
+
+
+SOURCE = registry.register(registry.Source(
+    name='tfds', load=_load, stream_train=_stream_train, stream_eval=_stream_eval,
+    doc='a TensorFlow Datasets image dataset (config.data.name), in memory or streamed'))
