@@ -10,7 +10,7 @@ setup(
     long_description_content_type='text/markdown',
     packages=find_packages(include=['contrastive_jax', 'contrastive_jax.*']),
     package_data={'contrastive_jax': ['data/embedded/*.npz', 'data/embedded/*.md',
-                                      'models/*.cc']},
+                                      'kernels/*.cc']},
     python_requires='>=3.10',
     install_requires=[
         'jax>=0.6.0',
@@ -28,8 +28,8 @@ setup(
         # The host input pipeline only; the training path never imports it.
         'tensorflow-cpu>=2.16; platform_machine=="x86_64"',
         'tensorflow>=2.16; platform_machine!="x86_64"',
-        # oneDNN for CPU convolutions (models/onednn_conv.py, compiled on first
-        # use; without it or without g++, models fall back to models/cpu_conv.py).
+        # oneDNN for CPU convolutions (kernels/onednn_conv.py, compiled on first
+        # use; without it or without g++, models fall back to kernels/cpu_conv.py).
         # The GOMP CPU-only build: the newer 'onednn' wheels need SYCL and TBB.
         'onednn-cpu-gomp==2023.2.0; platform_system=="Linux" and platform_machine=="x86_64"',
         'onednn-devel-cpu-gomp==2023.2.0; platform_system=="Linux" and platform_machine=="x86_64"',

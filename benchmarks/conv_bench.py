@@ -1,4 +1,4 @@
-"""Times XLA's convolution vs contrastive_jax.models.cpu_conv, pass by pass.
+"""Times XLA's convolution vs contrastive_jax.kernels.cpu_conv, pass by pass.
 
   /work/venv/bin/python benchmarks/conv_bench.py            # notes' workload
   /work/venv/bin/python benchmarks/conv_bench.py --quick    # tiny, seconds
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from contrastive_jax.models import cpu_conv
+from contrastive_jax.kernels import cpu_conv
 
 DN = ('NHWC', 'HWIO', 'NHWC')
 

@@ -14,6 +14,6 @@ fi
   --target "$SITE" .whl/*.whl
 export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
-# The binaries' XLA:CPU flag (contrastive_jax/xla_cpu.py) is for CPU training;
+# The binaries' XLA:CPU flag (contrastive_jax/kernels/xla_cpu.py) is for CPU training;
 # a jaxlib that does not know it would abort, so it stays off here.
 export CONTRASTIVE_JAX_XLA_DEFAULTS=0

@@ -84,7 +84,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from contrastive_jax import augment, config_defaults, optim, parallel, train, xla_cpu
+from contrastive_jax import augment, config_defaults, optim, parallel, train
+from contrastive_jax.kernels import xla_cpu
 
 # benchmarks/trace_summary.py and provenance.py, also when this file runs by
 # path (runpy, tests).
@@ -166,13 +167,13 @@ def resolve_conv(choice: str) -> tuple[Any, str]:
   if choice == 'xla':
     return nn.Conv, 'xla: nn.Conv'
   try:
-    from contrastive_jax.models import cpu_conv  # pylint: disable=g-import-not-at-top
+    from contrastive_jax.kernels import backend, cpu_conv  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     if choice == 'fast':
       raise SystemExit(f'--conv fast: contrastive_jax.models.cpu_conv is not available '
                        f'({e}); use --conv xla or auto.') from e
     return nn.Conv, 'auto: nn.Conv (cpu_conv not available)'
-  policy = getattr(cpu_conv, 'conv_cls_for_backend', None)
+  policy = getattr(backend, 'conv_cls_for_backend', None)
   cls = None
   if policy is not None:
     try:

@@ -76,10 +76,10 @@ def get_config(arg: str | None = None):
   config.model.pool = 'flatten'
   config.model.num_proj_layers = 2
   # Every map here is small (10, 5, 3 px), where XLA's own (Eigen) weight
-  # gradient beats models/cpu_conv.py's: paired with ours in one process
+  # gradient beats kernels/cpu_conv.py's: paired with ours in one process
   # (20-40 pairs) the step ran 1.07-1.18x faster, 413 -> 489 images/s with
   # this value (NOTES.md, throughput idea 38). It needs the Eigen
-  # convolutions the binaries switch on (xla_cpu.py).
+  # convolutions the binaries switch on (kernels/xla_cpu.py).
   config.model.conv_xla_wgrad_below = 16
   # The head's hidden layer stays 256 wide (h's width with avg pooling), so
   # its first layer costs 2304x256, not 2304x2304, per view.

@@ -1,4 +1,4 @@
-"""contrastive_jax.models.batchnorm: flax's BatchNorm, with a sum-based VJP."""
+"""contrastive_jax.kernels.batchnorm: flax's BatchNorm, with a sum-based VJP."""
 
 import flax.linen as nn
 import jax
@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from contrastive_jax.models import batchnorm
-from contrastive_jax.models.batchnorm import BatchNorm
+from contrastive_jax.kernels import batchnorm
+from contrastive_jax.kernels.batchnorm import BatchNorm
 
 EPS = 1e-5
 

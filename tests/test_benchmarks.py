@@ -102,7 +102,7 @@ def test_throughput_quick(tmp_path):
   assert re.search(r'kernel work per step \(whole process, median\): project [0-9,]+ minor '
                    r'page faults, [0-9.]+ s system CPU; naive [0-9,]+ minor page faults', stdout)
   # The project step alone compiled with the binaries' XLA:CPU setting.
-  from contrastive_jax import xla_cpu  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.kernels import xla_cpu  # pylint: disable=g-import-not-at-top
   assert result['project_compiler_options'] == xla_cpu.compiler_options('cpu')
   assert result['conv'].startswith('auto: ')
   assert _finite(result['matmul']['best_flops_per_s']) and result['matmul']['bursts'] == 2

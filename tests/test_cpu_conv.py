@@ -1,16 +1,21 @@
-"""contrastive_jax.models.cpu_conv: the custom-VJP conv equals XLA's conv."""
+"""contrastive_jax.kernels.cpu_conv: the custom-VJP conv equals XLA's conv; and
+kernels/backend.py, which picks the convolution class."""
 
+import ast
 import functools
+import pathlib
 import re
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from jax import lax
 
-from contrastive_jax.models import cpu_conv
+from contrastive_jax import kernels
+from contrastive_jax.kernels import backend, cpu_conv, onednn_conv
 
 DN = ('NHWC', 'HWIO', 'NHWC')
 
@@ -297,22 +302,81 @@ def test_scheme_choice():
 
 
 def test_conv_cls_for_backend():
-  assert cpu_conv.conv_cls_for_backend(backend='cpu') is cpu_conv.Conv
-  assert cpu_conv.conv_cls_for_backend(backend='gpu') is nn.Conv
-  assert cpu_conv.conv_cls_for_backend(backend='tpu') is nn.Conv
-  assert cpu_conv.conv_cls_for_backend('xla', backend='cpu') is nn.Conv
-  assert cpu_conv.conv_cls_for_backend('fast', backend='gpu') is cpu_conv.Conv
-  assert cpu_conv.conv_cls_for_backend() is (
-      cpu_conv.Conv if jax.default_backend() == 'cpu' else nn.Conv)
+  # 'auto' on CPU: cpu_conv.Conv with several devices (the tests run with 8;
+  # test_onednn_conv.py covers the one-device choice).
+  expected = (cpu_conv.Conv if jax.device_count() > 1 or not onednn_conv.available()
+              else onednn_conv.Conv)
+  assert backend.conv_cls_for_backend(backend='cpu') is expected
+  assert backend.conv_cls_for_backend(backend='gpu') is nn.Conv
+  assert backend.conv_cls_for_backend(backend='tpu') is nn.Conv
+  assert backend.conv_cls_for_backend('xla', backend='cpu') is nn.Conv
+  assert backend.conv_cls_for_backend('fast', backend='gpu') is cpu_conv.Conv
   assert cpu_conv.Conv.__name__ == 'Conv' and cpu_conv.CpuConv is cpu_conv.Conv
-  with pytest.raises(ValueError):
-    cpu_conv.conv_cls_for_backend('oneDNN')
+  with pytest.raises(ValueError, match='config.kernels.conv'):
+    backend.conv_cls_for_backend('oneDNN')
   # A threshold only changes the fast Conv: a partial that still builds a Conv.
-  assert cpu_conv.conv_cls_for_backend(backend='gpu', xla_wgrad_below=16) is nn.Conv
-  assert cpu_conv.conv_cls_for_backend('fast', xla_wgrad_below=0) is cpu_conv.Conv
-  conv = cpu_conv.conv_cls_for_backend(backend='cpu', xla_wgrad_below=16)(4, (3, 3))
+  assert backend.conv_cls_for_backend(backend='gpu', xla_wgrad_below=16) is nn.Conv
+  assert backend.conv_cls_for_backend('fast', xla_wgrad_below=0) is cpu_conv.Conv
+  conv = backend.conv_cls_for_backend('fast', xla_wgrad_below=16)(4, (3, 3))
   assert type(conv) is cpu_conv.Conv
   assert conv.conv_general_dilated.keywords == {'xla_wgrad_below': 16}
+
+
+def test_conv_cls_reads_config_kernels():
+  defaults = backend.kernels_defaults()
+  assert defaults.to_dict() == {'conv': 'auto', 'conv_xla_wgrad_below': 0}
+  # None, the defaults and an empty section all mean conv='auto'.
+  auto = backend.conv_cls_for_backend('auto')
+  assert backend.conv_cls() is auto
+  assert backend.conv_cls(defaults) is auto
+  assert backend.conv_cls(ml_collections.ConfigDict()) is auto
+  for policy in ('xla', 'fast'):
+    cfg = ml_collections.ConfigDict({'conv': policy, 'conv_xla_wgrad_below': 0})
+    assert backend.conv_cls(cfg) is backend.conv_cls_for_backend(policy)
+  cfg = ml_collections.ConfigDict({'conv': 'fast', 'conv_xla_wgrad_below': 16})
+  conv = backend.conv_cls(cfg)(4, (3, 3))
+  assert type(conv) is cpu_conv.Conv
+  assert conv.conv_general_dilated.keywords == {'xla_wgrad_below': 16}
+  with pytest.raises(ValueError, match=r"config\.kernels\.conv must be .* got 'cudnn'"):
+    backend.conv_cls(ml_collections.ConfigDict({'conv': 'cudnn'}))
+  for bad in (-1, 1.5, '16', True):
+    with pytest.raises(ValueError, match=r'config\.kernels\.conv_xla_wgrad_below'):
+      backend.conv_cls(ml_collections.ConfigDict({'conv': 'fast',
+                                                  'conv_xla_wgrad_below': bad}))
+
+
+def _kernel_imports() -> dict[str, set[str]]:
+  """module name -> the contrastive_jax.kernels modules it imports (any depth)."""
+  package = pathlib.Path(kernels.__file__).parent
+  names = {p.stem for p in package.glob('*.py') if p.stem != '__init__'}
+  graph = {}
+  for name in names:
+    deps = set()
+    for node in ast.walk(ast.parse((package / f'{name}.py').read_text())):
+      if isinstance(node, ast.ImportFrom) and node.module == 'contrastive_jax.kernels':
+        deps |= {a.name for a in node.names}
+      elif isinstance(node, ast.ImportFrom) and (node.module or '').startswith(
+          'contrastive_jax.kernels.'):
+        deps.add(node.module.rsplit('.', 1)[1])
+      elif isinstance(node, ast.Import):
+        deps |= {a.name.rsplit('.', 1)[1] for a in node.names
+                 if a.name.startswith('contrastive_jax.kernels.')}
+    graph[name] = deps & names
+  return graph
+
+
+def test_kernels_have_no_import_cycle():
+  graph = _kernel_imports()
+  assert graph['backend'] >= {'cpu_conv', 'onednn_conv'}
+  assert graph['cpu_conv'] == set() and graph['onednn_conv'] == {'cpu_conv'}
+
+  def visit(name, path):
+    assert name not in path, f'import cycle: {" -> ".join(path + (name,))}'
+    for dep in graph[name]:
+      visit(dep, path + (name,))
+
+  for name in graph:
+    visit(name, ())
 
 
 @pytest.mark.slow  # ~20 s: compiles the tiny ResNet's gradient twice

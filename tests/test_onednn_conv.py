@@ -7,11 +7,12 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from jax import lax
 
-from contrastive_jax.models import cpu_conv, onednn_conv
+from contrastive_jax.kernels import backend, cpu_conv, onednn_conv
 
 pytestmark = pytest.mark.skipif(
     not onednn_conv.available(), reason=f'oneDNN: {onednn_conv.unavailable_reason()}')
@@ -122,25 +123,30 @@ def test_batch_sharded_over_8_devices_equals_one_device():
 
 
 def test_policy_selection():
-  assert cpu_conv.conv_cls_for_backend('onednn') is onednn_conv.Conv
-  assert cpu_conv.conv_cls_for_backend('auto', backend='gpu') is nn.Conv
+  assert backend.conv_cls_for_backend('onednn') is onednn_conv.Conv
+  assert backend.conv_cls_for_backend('auto', backend='gpu') is nn.Conv
   # 'auto' on CPU: oneDNN with one device; cpu_conv.Conv with several (the
   # tests run with 8), since a custom call is not split across devices.
   expected = onednn_conv.Conv if jax.device_count() == 1 else cpu_conv.Conv
-  assert cpu_conv.conv_cls_for_backend('auto', backend='cpu') is expected
+  assert backend.conv_cls_for_backend('auto', backend='cpu') is expected
   with pytest.raises(ValueError, match="'onednn'"):
-    cpu_conv.conv_cls_for_backend('cudnn')
+    backend.conv_cls_for_backend('cudnn')
+  # The models' entry point reads the same choice from config.kernels.
+  assert backend.conv_cls(ml_collections.ConfigDict({'conv': 'onednn'})) is onednn_conv.Conv
 
 
 def test_missing_onednn_is_reported_and_auto_falls_back(monkeypatch, caplog):
   monkeypatch.setattr(onednn_conv, '_load', lambda: 'the onednn-cpu-gomp wheel is not installed')
   monkeypatch.setattr(jax, 'device_count', lambda: 1)
   assert not onednn_conv.available()
-  assert cpu_conv.conv_cls_for_backend('auto', backend='cpu') is cpu_conv.Conv
+  assert backend.conv_cls_for_backend('auto', backend='cpu') is cpu_conv.Conv
   assert 'oneDNN convolutions unavailable, using cpu_conv.Conv' in caplog.text
   assert 'onednn-cpu-gomp wheel is not installed' in caplog.text
-  with pytest.raises(RuntimeError, match="conv='onednn' but .* not installed.*'auto'"):
-    cpu_conv.conv_cls_for_backend('onednn')
+  with pytest.raises(RuntimeError,
+                     match=r"config\.kernels\.conv='onednn' but .* not installed.*'auto'"):
+    backend.conv_cls_for_backend('onednn')
+  assert backend.conv_cls(ml_collections.ConfigDict({'conv': 'auto'})) is (
+      cpu_conv.Conv if jax.default_backend() == 'cpu' else nn.Conv)
   # The convolution itself falls back too.
   x, w = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2))
   text = jax.jit(lambda x, w: onednn_conv.conv_general_dilated(

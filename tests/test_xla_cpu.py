@@ -1,4 +1,4 @@
-"""xla_cpu: the process-wide flag and its per-compile twin give the same program."""
+"""kernels.xla_cpu: the process-wide flag and its per-compile twin give the same program."""
 
 import os
 import re
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from contrastive_jax import xla_cpu
+from contrastive_jax.kernels import xla_cpu
 
 # A conv, a dot and a BatchNorm-like reduction: each kind of op the YNNPACK
 # fusion list decides about. Printed as optimised HLO without metadata.

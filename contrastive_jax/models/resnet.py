@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from contrastive_jax.models.batchnorm import BatchNorm
+from contrastive_jax.kernels.batchnorm import BatchNorm
 
 # depth -> (blocks per stage, block type).
 DEPTHS: dict[int, tuple[tuple[int, ...], str]] = {

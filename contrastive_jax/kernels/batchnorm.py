@@ -3,7 +3,7 @@
 Same module, parameters, statistics and forward function as `flax.linen
 .BatchNorm` with its defaults (fast variance E[x^2] - E[x]^2, clipped at 0;
 float32 statistics; running averages with `momentum`), so checkpoints and
-`classifier.py`'s frozen-BN handling are unchanged. Only the backward pass
+models/classifier.py's frozen-BN handling are unchanged. Only the backward pass
 of the batch-statistics path differs in how it is written.
 
 Why: autodiff of flax's `(x - mean) * rsqrt(var + eps) * scale + bias`
@@ -11,9 +11,9 @@ keeps `x - mean` as a residual. On XLA:CPU (jaxlib >= 0.10) the batch
 reductions run as YNNPACK fusions, which fuse an elementwise multiply into
 a reduction but not a broadcast, so that residual is written out as a
 full-size tensor in the forward pass and read again in the backward pass
-(and a second such tensor, dy * scale * rstd, in the backward pass). For
-ResNet-18 at 32 px, batch 256, that is 46 extra passes over tensors of up
-to 128 MB, and more temporary memory to page-fault in every step. Written
+(and a second such tensor, dy * scale * rstd, in the backward pass). In a
+ResNet that is dozens of extra passes over activation-sized tensors per
+step, and more temporary memory to page-fault in every step. Written
 with the sums S(dy) and S(dy * x), every reduction is a plain or
 multiply-reduce over x and dy, and dx is one elementwise pass:
 

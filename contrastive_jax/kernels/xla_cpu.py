@@ -1,12 +1,14 @@
 """XLA:CPU settings the binaries apply before JAX starts its CPU backend.
 
-Measured in benchmarks/NOTES.md ("Convolution weight gradient on CPU"): with
-jaxlib 0.10, moving XLA:CPU's convolutions from YNNPACK to Eigen (matmuls stay
-on YNNPACK) speeds the forward and input-gradient convolutions up by ~7% and,
-with models/cpu_conv.py's weight gradient, the whole ResNet-18 step by ~1.56x
-over the default. Older jaxlibs do not know the flag and abort on unknown
-XLA_FLAGS, so it is only added for jaxlib >= 0.10. Set
-CONTRASTIVE_JAX_XLA_DEFAULTS=0 to leave XLA_FLAGS alone.
+With jaxlib 0.10, XLA:CPU runs convolutions through YNNPACK by default. Moving
+them to Eigen (matmuls stay on YNNPACK) makes the forward and input-gradient
+convolutions faster and, together with kernels/cpu_conv.py's weight gradient,
+the whole ResNet training step (benchmarks/NOTES.md, "Convolution weight
+gradient on CPU", has the measurements). Older jaxlibs do not know the flag
+and abort on unknown XLA_FLAGS, so it is only added for jaxlib >= 0.10. Set
+CONTRASTIVE_JAX_XLA_DEFAULTS=0 to leave XLA_FLAGS alone. Like everything in
+contrastive_jax.kernels, the setting is about speed only: it changes neither
+the parameters nor the function a model computes (up to float rounding).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def _setting_applies(flags: str) -> bool:
 
 
 def apply_defaults() -> bool:
-  """Adds the measured-best XLA:CPU flag to XLA_FLAGS; returns whether it did.
+  """Adds EIGEN_CONV_FLAG to XLA_FLAGS; returns whether it did.
 
   Must run before the first JAX computation (XLA reads XLA_FLAGS when the
   backend starts). A flag the user already set for the same option wins.

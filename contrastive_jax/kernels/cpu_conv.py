@@ -2,12 +2,11 @@
 
 Why: on the CPU backend XLA lowers the weight gradient (wgrad) of a convolution
 to a "convolution with a huge window" (input channels as batch, batch as
-features). With this jaxlib's default (YNNPACK convolutions) that measured
-1.5-12x slower than the matmul formulation below on ResNet layers at batch
-128 (worst on 1x1 convs and RGB stems; ~2x on 3x3 convs at 32 px), see
-/work/shared/cpu-convolution-notes.md and benchmarks/NOTES.md. Here the
-forward pass and the input gradient stay XLA's; only the weight gradient is
-rewritten as dense matrix multiplies over shifted copies of the activations:
+features), which runs well below the rate of the same work written as a
+matrix multiply, worst on 1x1 convs and RGB stems (benchmarks/conv_bench.py
+times both; benchmarks/NOTES.md has the measurements). Here the forward pass
+and the input gradient stay XLA's; only the weight gradient is rewritten as
+dense matrix multiplies over shifted copies of the activations:
 
   dW[i, j, c, o] = sum_{n, h, w} x_pad[n, h*sh + i, w*sw + j, c] * dy[n, h, w, o]
 
@@ -31,16 +30,15 @@ cover (dilation, feature groups, non-NHWC layouts, non-2-D) fall back to lax.
 The input gradient of a strided conv is rewritten too (strided_input_grad:
 one stride-1 conv that yields every input phase, instead of XLA's conv over
 zero-dilated dy). Maps with fewer pixels than the kernel has taps (a 3x3
-conv on a 2x2 map), where XLA:CPU's convolution runs ~50x below its usual
+conv on a 2x2 map), where XLA:CPU's convolution runs far below its usual
 rate, are one matmul with the kernel unrolled over the map (small_map_conv).
-Use `conv_cls_for_backend()` to pick the class only on CPU: accelerators keep
-XLA's native convolution.
+This module only provides the convolution; kernels/backend.py decides where
+it is used (on CPU; accelerators keep XLA's native convolution).
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -51,10 +49,10 @@ from jax import lax
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
-# Bytes of shifted copies built per wgrad chunk (one loop iteration). Chosen
-# with benchmarks/conv_bench.py (benchmarks/NOTES.md): a few MB keeps them in
-# L2/L3 between the copy and the matmul; materialising the whole batch at once
-# was 2-4x slower.
+# Bytes of shifted copies built per wgrad chunk (one loop iteration), chosen
+# with benchmarks/conv_bench.py: a few MB keeps them in L2/L3 between the copy
+# and the matmul, where materialising the whole batch at once goes out to
+# memory and is slower.
 DEFAULT_CHUNK_BYTES = 4 << 20
 
 _NHWC_DN = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
@@ -69,8 +67,8 @@ def _dot_nn(a: jax.Array, b: jax.Array) -> jax.Array:
   """a[P, R] @ b[R, Q] -> [P, Q], at least float32 (row-major 'NN' matmul).
 
   XLA:CPU runs NN dots through YNNPACK; a dot contracting dim 0 of both
-  operands ('TN', what NHWC data gives naturally) fell back to a ~1.5-2x slower
-  path (NOTES.md). So the shifted copies of the input are built channel-major.
+  operands ('TN', what NHWC data gives naturally) falls back to a slower path.
+  So the shifted copies of the input are built channel-major.
   """
   kw = {}
   sharding = getattr(jax.typeof(a), 'sharding', None)
@@ -91,9 +89,9 @@ def choose_scheme(kernel_hw: tuple[int, int], strides: tuple[int, int], c: int, 
 
   'mixed' writes (kw*C + kh*O) instead of kh*kw*C values per pixel but its
   matmul also runs over the kh-1 zero rows per image, i.e. (OH+kh-1)/OH times
-  the work. Measured (NOTES.md): mixed wins at 32x32 (6% extra work), ties at
-  16x16 (12.5%), loses at 8x8 and 4x4, and loses badly for tiny C (the stem).
-  It only exists for stride 1.
+  the work. Timed with benchmarks/conv_bench.py, mixed wins at 32x32 (6% extra
+  work for 3x3), ties at 16x16 (12.5%), and loses on smaller maps and for tiny
+  C (the stem); hence the 12.5% bound below. It only exists for stride 1.
   """
   kh, kw = kernel_hw
   oh = out_hw[0]
@@ -218,7 +216,7 @@ def conv_weight_grad(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int],
   # The [n] -> [cb, nb] reshape is written inside the body on purpose. Done
   # outside, XLA fuses the (free) reshape with x's producer, so it recomputes
   # the whole BatchNorm/ReLU chain into a second full-size copy of x for the
-  # loop (NOTES.md idea 29); inside, the loop reads x where it already is.
+  # loop; inside, the loop reads x where it already is.
   def body(b, acc):
     xb = lax.dynamic_index_in_dim(x.reshape((cb, nb) + x.shape[1:]), b, axis=1,
                                   keepdims=False)
@@ -276,18 +274,18 @@ def strided_input_grad(dy: jax.Array, w: jax.Array, x_shape: Sequence[int],
   """dL/dx of a strided conv as one stride-1 convolution over all input phases.
 
   XLA writes this gradient as a convolution over dy dilated with zeros
-  (lhs_dilation = stride), which Eigen runs on the zero-inserted map: 286 ms
-  (68 GFLOP/s) for ResNet-18's 3x3/2 64->128 layer at batch 512
-  (benchmarks/NOTES.md, idea 17). The rows and columns of dx split into
+  (lhs_dilation = stride), which Eigen runs on the zero-inserted map, so most
+  of its multiplies are by zero and it runs far below the rate of an ordinary
+  convolution of the same useful work. The rows and columns of dx split into
   stride x stride phases (rows r = stride*i + a, columns stride*j + b), and
   each phase is a stride-1 correlation of dy with the taps of w that land on
   it (2x2, 2x1, 1x2, 1x1 of a 3x3/2 kernel). Reading every phase through one
   common window of dy (2x2 for 3x3/2) turns them into a single stride-1
   convolution with stride*stride*C output channels, zero where a tap does
   not reach a phase (16 taps computed for 9 useful), then one interleave.
-  One convolution rather than one per phase: with 8 simulated CPU devices,
-  the four-convolution form timed out XLA:CPU's all-reduce rendezvous in 3
-  of 5 runs of the finetune pipeline test (NOTES.md idea 17).
+  One convolution rather than one per phase: with several simulated CPU
+  devices, the four-convolution form can time out XLA:CPU's all-reduce
+  rendezvous (seen in the finetune pipeline test).
   """
   n, h, wd, c = x_shape
   sh, sw = strides
@@ -322,7 +320,7 @@ def conv_input_grad(dy: jax.Array, w: jax.Array, x_shape: Sequence[int],
 
   method: 'xla' = XLA's transpose of the convolution; 'flipped' (stride 1
   only) = a forward conv with the spatially flipped, in/out-swapped kernel,
-  which is what XLA emits anyway (measured equal, NOTES.md idea 16);
+  which is what XLA emits anyway (so it runs at the same speed);
   'polyphase' (strided_input_grad); 'auto' = polyphase for strided convs,
   XLA's otherwise.
   """
@@ -452,9 +450,8 @@ def small_map_conv(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: P
   """The convolution as one matmul with the kernel unrolled over the whole map.
 
   For maps with fewer pixels than the kernel has taps (H*W < kh*kw: a 3x3 conv
-  on 2x2 or 2x4 maps, 5x5 on 4x4) XLA:CPU's convolution drops to 5-20 GFLOP/s
-  against ~300 elsewhere: 1.7 s for a 3x3 512->512 conv on 2x2 maps at batch
-  256, where this takes 9-18 ms (benchmarks/NOTES.md idea 21). Such a map is so
+  on 2x2 or 2x4 maps, 5x5 on 4x4) XLA:CPU's convolution drops to a small
+  fraction of the rate it reaches on larger maps. Such a map is so
   small that the dense [H*W*C, OH*OW*O] matrix of every (input pixel, output
   pixel) pair, zero where no tap joins them, is a few MB, and nearly every pair
   is joined (a 3x3 SAME conv on 2x2 joins all 16). Both gradients are matmuls
@@ -516,12 +513,12 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array,
   wgrad: 'fast' (conv_weight_grad), 'xla' (XLA's own weight gradient) or
   'auto': 'xla' for a kernel larger than 1x1 on an input map under
   `xla_wgrad_below` px on both sides, else 'fast'. With the default 0 that is
-  'fast' everywhere: inside the ResNet-18 step ours won on its 8x8 and 4x4
-  maps too (NOTES.md idea 18), and it ties there since (idea 38). On a net
-  whose maps are all small (configs/fashion_mnist.py: 10, 5, 3 px) XLA's
-  wgrad made the step 1.07-1.18x faster (idea 38), but only as Eigen's
-  convolution, i.e. with the binaries' XLA:CPU setting (xla_cpu.py); with
-  stock XLA:CPU (YNNPACK convolutions) it is slower than ours.
+  'fast' everywhere: inside the ResNet-18 step ours is at least as fast as
+  XLA's on its 8x8 and 4x4 maps too. On a net whose maps are all small
+  (configs/fashion_mnist.py: 10, 5, 3 px) XLA's wgrad makes the step faster,
+  but only as Eigen's convolution, i.e. with the binaries' XLA:CPU setting
+  (kernels/xla_cpu.py); with stock XLA:CPU (YNNPACK convolutions) it is
+  slower than ours.
   """
   if wgrad not in ('auto', 'fast', 'xla'):
     raise ValueError(f"wgrad must be 'auto', 'fast' or 'xla', got {wgrad!r}")
@@ -564,44 +561,3 @@ class Conv(nn.Conv):
 
 CpuConv = Conv  # alias; its __name__ is still 'Conv' (see class docstring)
 
-
-def conv_cls_for_backend(policy: str = 'auto', backend: str | None = None,
-                         xla_wgrad_below: int = 0) -> Callable[..., nn.Module]:
-  """The convolution class to pass as ResNet(conv_cls=...).
-
-  policy: 'auto' -> on the CPU backend, onednn_conv.Conv when the process has
-          one device and oneDNN is available (1.33x the step of this module's
-          Conv on ResNet-18; NOTES.md idea 43), else this module's Conv;
-          nn.Conv elsewhere (GPU/TPU keep XLA's native, well-tuned
-          convolution). 'xla' -> always nn.Conv; 'fast' -> always this
-          module's Conv; 'onednn' -> always onednn_conv.Conv (an error naming
-          what is missing when it is not available).
-  backend: defaults to jax.default_backend().
-  xla_wgrad_below: for this module's Conv, XLA's weight gradient on maps
-          under this many px (see conv_general_dilated); 0 = ours everywhere.
-  """
-  if policy == 'xla':
-    return nn.Conv
-  if policy not in ('auto', 'fast', 'onednn'):
-    raise ValueError(
-        f"conv policy must be 'auto', 'xla', 'fast' or 'onednn', got {policy!r}")
-  if policy == 'auto' and (backend or jax.default_backend()) != 'cpu':
-    return nn.Conv
-  if policy == 'onednn' or (policy == 'auto' and jax.device_count() == 1):
-    # A custom call cannot be split by XLA's SPMD partitioner: with several
-    # devices 'auto' keeps this module's Conv (see onednn_conv's doc).
-    from contrastive_jax.models import onednn_conv  # pylint: disable=g-import-not-at-top
-    if onednn_conv.available():
-      return onednn_conv.Conv
-    if policy == 'onednn':
-      raise RuntimeError(f"config.model.conv='onednn' but oneDNN convolutions are not "
-                         f"available: {onednn_conv.unavailable_reason()}. Use "
-                         f"config.model.conv='auto' to fall back to cpu_conv.Conv.")
-    logging.getLogger(__name__).warning(
-        'oneDNN convolutions unavailable, using cpu_conv.Conv (about 1.3x slower '
-        'on CPU): %s', onednn_conv.unavailable_reason())
-  if not xla_wgrad_below:
-    return Conv
-  # Still the class Conv when called, so param names stay 'Conv_0', ...
-  return functools.partial(Conv, conv_general_dilated=functools.partial(
-      conv_general_dilated, xla_wgrad_below=int(xla_wgrad_below)))

@@ -1,12 +1,11 @@
 """oneDNN convolutions on CPU, called from XLA through JAX's FFI.
 
-Why: on a 2-core AMD EPYC VM, XLA:CPU's convolutions (Eigen or YNNPACK) and
-our own weight gradient (cpu_conv.py) ran each ResNet-18 layer at 110-210
-GFLOP/s, where oneDNN, the library behind PyTorch's CPU convolutions, ran the
-same layers at 175-296 GFLOP/s. PyTorch + lightly's SimCLR step was 1.14-1.37x
-faster than ours in the same process (benchmarks/NOTES.md idea 43). With the
-three passes of every convolution (forward, input and weight gradient) in
-oneDNN, the project's step took 8.4 s instead of 11.2 s.
+Why: oneDNN, the library behind PyTorch's CPU convolutions, runs ResNet's
+convolution layers at a higher rate than XLA:CPU's convolutions (Eigen or
+YNNPACK) and than cpu_conv.py's weight gradient, and that gap is most of what
+a PyTorch CPU training step has over this project's. So here all three passes
+of every convolution (forward, input and weight gradient) run in oneDNN.
+benchmarks/NOTES.md has the measurements.
 
 How: onednn_conv.cc defines three FFI handlers. On first use it is compiled
 with g++ against the oneDNN of the `onednn-cpu-gomp` / `onednn-devel-cpu-gomp`
@@ -18,8 +17,8 @@ custom VJP whose backward pass calls the two gradient handlers.
 When it is not used: anything but a 2-D NHWC/HWIO float32 convolution without
 dilation or groups goes to cpu_conv (which itself sends the rest to lax).
 `available()` is False, with `unavailable_reason()` saying why, when the
-wheels, a C++ compiler or jax.ffi are missing; conv_cls_for_backend('auto')
-then keeps cpu_conv.Conv. It also keeps cpu_conv.Conv when the process has
+wheels, a C++ compiler or jax.ffi are missing; backend.conv_cls (conv='auto')
+then picks cpu_conv.Conv. It picks cpu_conv.Conv too when the process has
 more than one device: XLA's SPMD partitioner cannot split a custom call, so a
 batch-sharded step would compute each convolution on the whole batch on every
 device (correct, as tests/test_onednn_conv.py checks, but not fast).
@@ -45,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from contrastive_jax.models import cpu_conv
+from contrastive_jax.kernels import cpu_conv
 
 _SOURCE = pathlib.Path(__file__).with_name('onednn_conv.cc')
 _TARGETS = ('OnednnConvFwd', 'OnednnConvBwdData', 'OnednnConvBwdWeights')

@@ -1,6 +1,6 @@
 // oneDNN convolutions (NHWC activations, HWIO kernels, float32) as XLA:CPU FFI
 // custom calls: forward, input gradient and weight gradient. Compiled on first
-// use by contrastive_jax/models/onednn_conv.py (g++, the oneDNN wheel's headers
+// use by contrastive_jax/kernels/onednn_conv.py (g++, the oneDNN wheel's headers
 // and library); see that module for why and for the fallback.
 //
 // oneDNN's dims are always logical NCHW / OIHW; the format tags give the memory
