@@ -47,7 +47,7 @@ VARIANTS=(
   "t05 3200 temperature=0.5"
   "crop008 3200 augment.crop_area_min=0.08"
   "adamw 3200 optim.name=adamw optim.learning_rate=0.001 optim.lr_scaling=none optim.weight_decay=0.0001"
-  "w64 1100 model.base_width=64"
+  "w64 1100 model.resnet.base_width=64"
 )
 if [ -n "${SWEEP:-}" ]; then IFS=';' read -ra VARIANTS <<<"$SWEEP"; fi
 for v in "${VARIANTS[@]}"; do

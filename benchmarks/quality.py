@@ -191,7 +191,7 @@ def main() -> None:
   parser.add_argument('--quick', action='store_true', help='CI: embedded data, tiny net')
   parser.add_argument('--skip-baselines', action='store_true')
   parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
-                      help='pretrain config override, e.g. --set model.base_width=64')
+                      help='pretrain config override, e.g. --set model.resnet.base_width=64')
   args = parser.parse_args()
   commit = provenance.git_commit()  # before the runs: the tree may change during them
 

@@ -21,7 +21,7 @@ def get_config(arg: str | None = None):
   config.num_epochs = 1000
   config.log_every_steps = 100
   config.checkpoint_every_steps = 2000
-  config.temperature = 0.5
+  config.simclr.temperature = 0.5
 
   config.data.source = 'tfds'
   config.data.name = 'cifar10'
@@ -30,8 +30,8 @@ def get_config(arg: str | None = None):
   config.augment.jitter_strength = 0.5
   config.augment.blur_prob = 0.0     # no blur at 32 px (paper, appendix B.9)
 
-  config.model.depth = 50
-  config.model.stem = 'cifar'
+  config.model.resnet.depth = 50
+  config.model.resnet.stem = 'cifar'
   config.model.num_proj_layers = 2
 
   config.optim.name = 'lars'
@@ -41,7 +41,7 @@ def get_config(arg: str | None = None):
   config.optim.warmup_epochs = 10
 
   if arg == 'r18':
-    config.model.depth = 18
+    config.model.resnet.depth = 18
     config.batch_size = 512
     config.optim.weight_decay = 1e-4
   elif arg:

@@ -42,8 +42,8 @@ def get_config(arg: str | None = None):
 
   if arg == 'small':
     config.model_from = ''       # the student is config.model
-    config.model.depth = 18
-    config.model.stem = 'cifar'
+    config.model.resnet.depth = 18
+    config.model.resnet.stem = 'cifar'
 
   config.optim.name = 'sgd'
   config.optim.learning_rate = 0.1

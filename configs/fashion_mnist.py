@@ -54,33 +54,33 @@ def get_config(arg: str | None = None):
   config.augment.jitter_strength = 1.0
   config.augment.blur_prob = 0.0    # no blur at 28 px (as CIFAR)
 
-  config.model.depth = 0
-  config.model.stage_sizes = (1, 1, 1)
-  config.model.block = 'basic'
+  config.model.resnet.depth = 0
+  config.model.resnet.stage_sizes = (1, 1, 1)
+  config.model.resnet.block = 'basic'
   # Width 64 (h 256): at the step counts that 20 (5) CPU minutes buy, width
   # 32 / 64 / 128 reached 86.1 / 87.8 / 87.6% (84.7 / 86.1% at 5 min) val
   # linear-probe accuracy: a wider h pays for its 3x slower step (recipe sweep
   # on an H200 at CPU-equivalent steps, benchmarks/NOTES.md).
-  config.model.base_width = 64      # h width 256
-  config.model.stem = 'cifar'
+  config.model.resnet.base_width = 64      # h width 256
+  config.model.resnet.stem = 'cifar'
   # 3x3/2 stem: every feature map halves, a step costs ~1/3 (measured 424 vs
   # 111 steps in 5 contended minutes) and 5-minute linear-probe accuracy rose
   # from 81.6% to 83.7% (benchmarks/NOTES.md, "Fashion-MNIST recipe").
-  config.model.stem_stride = 2
+  config.model.resnet.stem_stride = 2
   # h = the last feature map flattened (3x3x256 = 2304 at 20 px), not its
   # global average: a deviation from SimCLR's ResNet for small, centred
   # images, where where-a-part-is carries the class (sleeve vs strap) and
   # global pooling throws it away. 5-minute runs: avg 87.4% linear / 85.2%
   # kNN-20 test, flatten 89.8% / 87.5%; 20 minutes: avg 87.8% / 86.4%,
   # flatten 90.3% / 87.98% (benchmarks/NOTES.md, idea 6).
-  config.model.pool = 'flatten'
+  config.model.resnet.pool = 'flatten'
   config.model.num_proj_layers = 2
   # Every map here is small (10, 5, 3 px), where XLA's own (Eigen) weight
   # gradient beats kernels/cpu_conv.py's: paired with ours in one process
   # (20-40 pairs) the step ran 1.07-1.18x faster, 413 -> 489 images/s with
   # this value (NOTES.md, throughput idea 38). It needs the Eigen
   # convolutions the binaries switch on (kernels/xla_cpu.py).
-  config.model.conv_xla_wgrad_below = 16
+  config.kernels.conv_xla_wgrad_below = 16
   # The head's hidden layer stays 256 wide (h's width with avg pooling), so
   # its first layer costs 2304x256, not 2304x2304, per view.
   config.model.proj_hidden_dim = 256
@@ -90,7 +90,7 @@ def get_config(arg: str | None = None):
   # val at the 20-minute step count; crop area >= 0.4, LR 0.15, a 512 head,
   # width 96 and 28 px crops stayed within the seed spread (NOTES.md, recipe
   # ideas 10-16).
-  config.temperature = 0.2
+  config.simclr.temperature = 0.2
   config.optim.name = 'lars'
   config.optim.learning_rate = 0.075
   config.optim.lr_scaling = 'sqrt'  # SimCLR's rule for small batches / short runs

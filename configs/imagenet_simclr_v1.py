@@ -21,7 +21,7 @@ def get_config(arg: str | None = None):
   config.num_epochs = 100           # 1000 for the headline numbers
   config.log_every_steps = 100
   config.checkpoint_every_steps = 5000
-  config.temperature = 0.1
+  config.simclr.temperature = 0.1
 
   config.data.source = 'tfds'
   config.data.name = 'imagenet2012'
@@ -47,8 +47,8 @@ def get_config(arg: str | None = None):
   # 3.9 -> 2.1 ms, blur ~2.7 -> 1.0 ms (benchmarks/NOTES.md, ideas 42-43).
   config.augment.matmul_precision = 'default'
 
-  config.model.depth = 50
-  config.model.stem = 'imagenet'
+  config.model.resnet.depth = 50
+  config.model.resnet.stem = 'imagenet'
   config.model.num_proj_layers = 2
   config.model.dtype = 'bfloat16'
 
@@ -59,7 +59,7 @@ def get_config(arg: str | None = None):
   config.optim.warmup_epochs = 10
 
   if arg in ('2x', '4x'):
-    config.model.width_multiplier = int(arg[0])
+    config.model.resnet.width_multiplier = int(arg[0])
   elif arg:
     raise ValueError(f"configs/imagenet_simclr_v1.py takes '', '2x' or '4x', not {arg!r}.")
   return config

@@ -21,7 +21,7 @@ def get_config(arg: str | None = None):
   config.num_epochs = 800
   config.log_every_steps = 100
   config.checkpoint_every_steps = 5000
-  config.temperature = 0.1
+  config.simclr.temperature = 0.1
 
   config.data.source = 'tfds'
   config.data.name = 'imagenet2012'
@@ -35,8 +35,8 @@ def get_config(arg: str | None = None):
   config.augment.brightness_mode = 'multiplicative'
   config.augment.matmul_precision = 'default'  # bf16 model: see imagenet_simclr_v1.py
 
-  config.model.depth = 50
-  config.model.stem = 'imagenet'
+  config.model.resnet.depth = 50
+  config.model.resnet.stem = 'imagenet'
   config.model.num_proj_layers = 3
   config.model.dtype = 'bfloat16'
 
@@ -47,11 +47,11 @@ def get_config(arg: str | None = None):
   config.optim.warmup_fraction = 0.05
 
   if arg == 'sk':
-    config.model.sk_ratio = 0.0625
+    config.model.resnet.sk_ratio = 0.0625
   elif arg == 'r152_3x_sk':
-    config.model.depth = 152
-    config.model.width_multiplier = 3
-    config.model.sk_ratio = 0.0625
+    config.model.resnet.depth = 152
+    config.model.resnet.width_multiplier = 3
+    config.model.resnet.sk_ratio = 0.0625
   elif arg:
     raise ValueError(f"configs/imagenet_simclr_v2.py takes '', 'sk' or 'r152_3x_sk', not {arg!r}.")
   return config

@@ -15,9 +15,9 @@ from contrastive_jax import config_defaults
 
 def get_config(arg: str | None = None):
   config = config_defaults.pretrain_defaults()
-  config.mode = 'supcon'
-  config.temperature = 0.1
-  config.base_temperature = 0.07   # SupContrast scales the loss by t / 0.07
+  config.method = 'supcon'
+  config.supcon.temperature = 0.1
+  config.supcon.base_temperature = 0.07   # SupContrast scales the loss by t / 0.07
   config.batch_size = 1024
   config.num_epochs = 1000
   config.log_every_steps = 100
@@ -30,8 +30,8 @@ def get_config(arg: str | None = None):
   config.augment.jitter_strength = 0.5
   config.augment.blur_prob = 0.0
 
-  config.model.depth = 50
-  config.model.stem = 'cifar'
+  config.model.resnet.depth = 50
+  config.model.resnet.stem = 'cifar'
 
   config.optim.name = 'lars'
   config.optim.learning_rate = 0.5
@@ -39,7 +39,7 @@ def get_config(arg: str | None = None):
   config.optim.weight_decay = 1e-4
   config.optim.warmup_epochs = 10
   if arg == 'r18':
-    config.model.depth = 18
+    config.model.resnet.depth = 18
     config.batch_size = 512
   elif arg:
     raise ValueError(f"configs/supcon_cifar10.py takes '' or 'r18', not {arg!r}.")

@@ -2,8 +2,12 @@
 
 Config files under `configs/` start from `pretrain_defaults()` (or the fine-tune /
 eval variants) and override what their recipe changes. Code reads keys; it never
-re-declares a default. `validate(config)` runs before anything compiles, so a
-typo or an unknown choice fails in the first second with the key's name.
+re-declares a default. Plug-ins declare their own sections: each method its
+`config.<method>` (methods/), each encoder its `config.model.<encoder>`
+(models/encoders.py); the CPU kernels `config.kernels` (kernels/backend.py).
+`validate(config)` runs before anything compiles, so a typo or an unknown
+choice fails in the first second with the key's name; valid plug-in names
+come from their registries.
 """
 
 from __future__ import annotations
@@ -12,9 +16,13 @@ from typing import Any
 
 import ml_collections
 
+from contrastive_jax import methods, models
+from contrastive_jax.data import registry as data_registry
+from contrastive_jax.kernels import backend as kernels_backend
+
 
 def augment_defaults() -> ml_collections.ConfigDict:
-  """SimCLR pretraining augmentation (recipe: ../shared/simclr-recipe.md)."""
+  """SimCLR's pretraining augmentation (Chen et al. 2020, appendix A)."""
   return ml_collections.ConfigDict(dict(
       crop_area_min=0.08,          # random resized crop: area fraction U(min, max)
       crop_area_max=1.0,
@@ -24,8 +32,7 @@ def augment_defaults() -> ml_collections.ConfigDict:
       # Precision of the augmentation's matmuls (the crop's bicubic resampling,
       # the blur's band matrices): 'highest' (exact float32, as jax.image) |
       # 'default' (the backend's fast float32 matmul: TF32 on recent GPUs,
-      # bfloat16 passes on TPU, the same on CPU). Named resize_precision before
-      # 2026-12-04, when it covered the crop only.
+      # bfloat16 passes on TPU, the same on CPU).
       matmul_precision='highest',
       flip_prob=0.5,
       jitter_prob=0.8,
@@ -42,35 +49,14 @@ def augment_defaults() -> ml_collections.ConfigDict:
 
 
 def model_defaults() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      depth=50,                    # 18, 34, 50, 101, 152, 200 | 0 = use stage_sizes
-      stage_sizes=(),              # e.g. (1, 1, 1) for a tiny test net; overrides depth
-      block='',                    # 'basic' | 'bottleneck' | '' = from depth
-      base_width=64,               # channels of the first stage before width_multiplier
-      width_multiplier=1,
-      stem='imagenet',             # 'imagenet' (7x7/2 + pool) | 'cifar' (3x3/1)
-      stem_stride=1,               # cifar stem: 2 = 3x3/2 (4x cheaper; CPU budgets)
-      sk_ratio=0.0,                # SimCLR v2 selective kernels, e.g. 0.0625
-      pool='avg',                  # h from the last map: 'avg' (global, SimCLR) |
-                                   # 'flatten' (keeps position; small centred images)
-      num_proj_layers=2,           # 2 (v1) | 3 (v2)
-      proj_dim=128,
-      proj_hidden_dim=0,           # 0 = encoder output width
-      dtype='float32',             # compute dtype: 'float32' | 'bfloat16'
-      conv='auto',                 # 'auto': on CPU oneDNN's conv with one device, else
-                                   # the fast-weight-gradient conv; XLA's elsewhere |
-                                   # 'xla' | 'fast' | 'onednn' (models/cpu_conv.py,
-                                   # models/onednn_conv.py)
-      conv_xla_wgrad_below=0,      # fast conv: XLA's weight gradient on maps under
-                                   # this many px (0 = never; cpu_conv.py says when)
-      bn_momentum=0.9,
-      bn_epsilon=1e-5,
-  ))
+  """config.model: see models.model_defaults (the encoder sections are the plug-ins')."""
+  return models.model_defaults()
 
 
 def data_defaults() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
-      source='embedded',           # 'embedded' | 'idx' | 'tfds' | 'folder'
+      source='embedded',           # a name in contrastive_jax.data.registry: 'embedded' |
+                                   # 'idx' | 'tfds' | 'folder' | what a plug-in registers
       name='fashion_mnist',        # tfds name for source='tfds'
       data_dir='',                 # tfds data_dir ('' = tfds default)
       idx_dir='/usr/share/datasets/fashion-mnist',  # source='idx'
@@ -120,10 +106,9 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   config.stop_at_step = 0          # > 0: checkpoint and exit at this step (run in chunks)
   config.multihost = 'auto'        # 'auto' (from the environment) | 'yes' | 'no'
 
-  config.mode = 'simclr'           # 'simclr' (NT-Xent) | 'supcon' (labels)
-  config.temperature = 0.1
-  config.base_temperature = 0.0    # supcon; 0 = temperature
-  config.loss_block_size = 0       # > 0: blockwise NT-Xent, O(n x block) memory
+  config.method = 'simclr'         # a name in methods.METHODS: 'simclr' | 'supcon'
+  for name in methods.METHODS.names():   # each method's keys: config.simclr.temperature, ...
+    config[name] = methods.METHODS.get(name).defaults()
   config.probe = True              # online linear probe on stop_gradient(h), trained by
                                    # the main optimizer and schedule (as the official code)
   config.summary_images = 8        # augmented pairs written to TensorBoard at start
@@ -132,22 +117,16 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   config.augment = augment_defaults()
   config.model = model_defaults()
   config.optim = optim_defaults()
+  config.kernels = kernels_backend.kernels_defaults()
   return config
 
 
 CHOICES: dict[str, tuple[Any, ...]] = {
-    'mode': ('simclr', 'supcon'),
     'multihost': ('auto', 'yes', 'no'),
     'augment.brightness_mode': ('multiplicative', 'additive'),
     'augment.matmul_precision': ('highest', 'default'),
-    'model.depth': (0, 18, 34, 50, 101, 152, 200),
-    'model.block': ('', 'basic', 'bottleneck'),
-    'model.stem': ('imagenet', 'cifar'),
-    'model.stem_stride': (1, 2),
-    'model.pool': ('avg', 'flatten'),
     'model.dtype': ('float32', 'bfloat16'),
-    'model.conv': ('auto', 'xla', 'fast', 'onednn'),
-    'data.source': ('embedded', 'idx', 'tfds', 'folder'),
+    'kernels.conv': kernels_backend.CONV_POLICIES,
     'data.random_crop_from': ('image', 'center_square'),
     'optim.name': ('lars', 'sgd', 'adamw'),
     'optim.lr_scaling': ('linear', 'sqrt', 'none'),
@@ -162,10 +141,24 @@ def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
   return node
 
 
+def _registry_choices(config: ml_collections.ConfigDict) -> dict[str, tuple[Any, ...]]:
+  """Keys whose valid values are the names plug-ins registered."""
+  out = {'data.source': data_registry.names()}
+  if 'method' in config:
+    out['method'] = methods.METHODS.names()
+  if 'model' in config:
+    out['model.name'] = models.ENCODERS.names()
+  return out
+
+
 def validate(config: ml_collections.ConfigDict,
              choices: dict[str, tuple[Any, ...]] | None = None) -> None:
   """Raises ValueError naming the first key whose value is not a valid choice."""
-  for key, valid in (choices or CHOICES).items():
+  if 'mode' in config:
+    raise ValueError(f"config.mode={config.mode!r} is now config.method (and the method's "
+                     f"keys live in config.{config.mode}); write --config.method="
+                     f"{config.mode}, or pass the config through config_migration.migrate().")
+  for key, valid in {**_registry_choices(config), **(choices or CHOICES)}.items():
     try:
       value = _get(config, key)
     except (KeyError, AttributeError):
@@ -176,9 +169,13 @@ def validate(config: ml_collections.ConfigDict,
           f'(e.g. --config.{key}={valid[0]!r}).')
   if config.get('batch_size', 1) <= 0:
     raise ValueError(f'config.batch_size={config.batch_size} must be positive.')
-  if 'model' in config and config.model.get('conv_xla_wgrad_below', 0) < 0:
-    raise ValueError(f'config.model.conv_xla_wgrad_below={config.model.conv_xla_wgrad_below} '
+  if 'kernels' in config and config.kernels.get('conv_xla_wgrad_below', 0) < 0:
+    raise ValueError(f'config.kernels.conv_xla_wgrad_below={config.kernels.conv_xla_wgrad_below} '
                      'must be >= 0 (px; 0 = our weight gradient on every map).')
+  if 'model' in config:
+    models.validate(config.model)
+  if 'method' in config:
+    methods.build(config)  # the method validates its own section
   if 'augment' in config:
     a = config.augment
     if not 0 < a.crop_area_min <= a.crop_area_max <= 1:
@@ -216,8 +213,9 @@ def finetune_defaults() -> ml_collections.ConfigDict:
                                    # only); '' = init_from's, else config.model
   config.ft_proj_selector = 0      # classifier input: 0 = h, k = k-th projection layer's
                                    # output (v2: 1), -1 = the last (z)
-  config.fine_tune_after_block = -1  # -1 train all; 0 freeze the stem; k freeze stem +
-                                     # stages 1..k; 4 freeze everything but the classifier
+  config.fine_tune_after_block = -1  # -1 train all; k freeze the encoder's groups 0..k
+                                     # (ResNet: 0 stem, k stages 1..k); the encoder's
+                                     # freeze_all (ResNet: 4) trains only the classifier
   config.zero_init = True          # classifier starts at zero logits
   # Labelled subset of train (minus the val carve), class-balanced, saved to
   # WORKDIR/label_subset.json and reused from there.
@@ -230,6 +228,7 @@ def finetune_defaults() -> ml_collections.ConfigDict:
   config.augment = augment_defaults()   # only the crop + flip keys are used
   config.model = model_defaults()
   config.optim = optim_defaults()
+  config.kernels = kernels_backend.kernels_defaults()
   config.optim.name = 'sgd'
   config.optim.learning_rate = 0.05
   config.optim.lr_scaling = 'linear'

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Any, Iterator
 
 import jax
@@ -35,8 +34,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from contrastive_jax import (checkpoint, config_defaults, export, files, finetune, losses, loop,
-                             metrics_io, parallel, train)
+from contrastive_jax import (classification, config_defaults, export, files, losses, loop,
+                             modalities, parallel, train, trainer)
 from contrastive_jax.data import pipeline
 
 RESULTS_FILE = 'distill_results.json'
@@ -61,13 +60,13 @@ def distill_defaults() -> ml_collections.ConfigDict:
 
 
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """finetune.resolve_config after replacing model_from='teacher'."""
+  """classification.resolve_config after replacing model_from='teacher'."""
   config = ml_collections.ConfigDict(config.to_dict())
   if not config.teacher:
     raise ValueError('config.teacher is empty: pass --config.teacher=FINETUNE_WORKDIR.')
   if config.model_from == TEACHER:
     config.model_from = config.init_from or config.teacher
-  return finetune.resolve_config(config)
+  return classification.resolve_config(config)
 
 
 def _with_labelled_mask(batches: Iterator[dict], label_ids: np.ndarray | None
@@ -80,19 +79,17 @@ def _with_labelled_mask(batches: Iterator[dict], label_ids: np.ndarray | None
     yield dict(batch, labelled=labelled)
 
 
-def make_objective(teacher: export.Classifier, teacher_size: int, student_size: int,
-                   temperature: float, alpha: float) -> finetune.Objective:
+def make_objective(teacher: export.Classifier, teacher_modality: modalities.Modality,
+                   temperature: float, alpha: float) -> classification.Objective:
   """(student logits, batch, view, teacher variables) -> (loss, metrics).
 
-  The teacher sees the student's view, resized to its own input side when
-  the two networks were trained at different sizes.
+  The teacher sees the student's view, through its modality's `adapt` (an
+  image resized to the teacher's input side when the two networks were
+  trained at different sizes).
   """
 
   def objective(logits, batch, x, teacher_variables):
-    xt = x
-    if teacher_size != student_size:
-      xt = jnp.clip(jax.image.resize(x, x.shape[:1] + (teacher_size, teacher_size) + x.shape[3:],
-                                     'bicubic'), 0.0, 1.0)
+    xt = teacher_modality.adapt(x)
     teacher_logits = jax.lax.stop_gradient(
         teacher.model.apply(teacher_variables, xt, train=False))
     distill = losses.distillation_loss(logits, teacher_logits, temperature=temperature)
@@ -111,26 +108,21 @@ def make_objective(teacher: export.Classifier, teacher_size: int, student_size: 
   return objective
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Distils the teacher into a student in `workdir` (or resumes); returns metrics."""
-  # --- Set-up: resolve the student's architecture, validate -------------------
-  config = resolve_config(config)
-  finetune.validate(config, draws_label_subset=False)
+def validate(config: ml_collections.ConfigDict) -> None:
+  classification.validate(config, draws_label_subset=False)
   if not 0.0 <= config.alpha <= 1.0:
     raise ValueError(f'config.alpha={config.alpha} must be in [0, 1].')
   if config.temperature <= 0:
     raise ValueError(f'config.temperature={config.temperature} must be positive.')
-  parallel.maybe_initialize_distributed(config.multihost)
-  mesh = parallel.make_mesh()
-  parallel.local_batch_size(config.batch_size, mesh)
-  writer = metrics_io.MetricsWriter(workdir)
 
-  # --- Teacher --------------------------------------------------------------------
-  teacher = export.load_classifier(config.teacher,
-                                   None if config.teacher_step < 0 else config.teacher_step)
-  teacher_variables = parallel.replicate(jax.device_get(teacher.variables), mesh)
-  label_ids: np.ndarray | None = np.zeros((0,), np.int64)
-  if config.alpha > 0 and pipeline.streaming(teacher.config.data):
+
+def teacher_label_ids(config: ml_collections.ConfigDict, teacher: export.Classifier
+                      ) -> np.ndarray | None:
+  """Example ids of the teacher's labelled rows for `alpha` (None: every row
+  with a label; empty when alpha = 0)."""
+  if config.alpha <= 0:
+    return np.zeros((0,), np.int64)
+  if pipeline.streaming(teacher.config.data):
     # A streamed fine-tune used every label of its own training split (it writes
     # no subset file); those are this run's labelled rows only if it reads the
     # same split, and only a fine-tune (not a distilled teacher) saw labels.
@@ -142,86 +134,79 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           f'streamed {teacher.config.data.name}:{teacher.config.data.train_split}, which '
           f'is not this run\'s {config.data.name}:{config.data.train_split} (or it is '
           'itself distilled), so its labelled rows are unknown. Use config.alpha=0.')
-    label_ids = None  # every labelled row of the shared stream
-  elif config.alpha > 0:
-    path = os.path.join(config.teacher, finetune.LABEL_SUBSET_FILE)
-    if not files.exists(path):
-      raise FileNotFoundError(f'config.alpha={config.alpha} needs the teacher\'s labelled '
-                              f'subset, but {path} does not exist.')
-    label_ids = np.asarray(json.loads(files.read_text(path)), np.int64)
+    return None  # every labelled row of the shared stream
+  path = os.path.join(config.teacher, classification.LABEL_SUBSET_FILE)
+  if not files.exists(path):
+    raise FileNotFoundError(f'config.alpha={config.alpha} needs the teacher\'s labelled '
+                            f'subset, but {path} does not exist.')
+  return np.asarray(json.loads(files.read_text(path)), np.int64)
 
-  # --- Input: the unlabeled training images ----------------------------------
-  ckpt = checkpoint.Checkpointer(f'{workdir}/checkpoints', max_to_keep=config.keep_checkpoints,
-                                 save_interval_steps=config.checkpoint_every_steps)
-  start_step = ckpt.latest_step() or 0
-  data = finetune.train_input(config, start_step)
-  num_classes = teacher.num_classes
-  out_size = config.data.image_size or data.image_shape[0]
-  image_shape = (out_size, out_size, data.image_shape[2])
-  steps_per_epoch, total_steps, warmup_steps = finetune.schedule_lengths(
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Distils the teacher into a student in `workdir` (or resumes); returns metrics."""
+  # --- Set-up: resolve the student's architecture, validate -------------------
+  run = trainer.Run.start(resolve_config(config), workdir, validate=validate)
+  config = run.config
+
+  # --- Teacher --------------------------------------------------------------------
+  teacher = export.load_classifier(config.teacher,
+                                   None if config.teacher_step < 0 else config.teacher_step)
+  teacher_variables = parallel.replicate(jax.device_get(teacher.variables), run.mesh)
+  label_ids = teacher_label_ids(config, teacher)
+
+  # --- Input: the unlabeled training examples -----------------------------------
+  data = classification.train_input(config, run.start_step)
+  modality = modalities.build(config, data.input_shape)
+  teacher_modality = modalities.build(teacher.config, data.input_shape)
+  steps_per_epoch, total_steps, warmup_steps = trainer.schedule_lengths(
       config, data.steps_per_epoch)
 
   # --- Student and optimizer ----------------------------------------------------
-  model = finetune.build_model(config, num_classes)
-  tx, schedule = finetune.build_optimizer(config, total_steps=total_steps,
-                                          warmup_steps=warmup_steps)
-  if start_step:
-    state = train.init_state(model, tx, seed=config.seed, image_shape=image_shape, mesh=mesh)
-    state = loop.resume(ckpt, start_step, state, data, writer, total_steps)
-  else:
-    state, _ = finetune.create_state(config, model, tx, mesh, image_shape)
-  # Written only now: a rerun whose config does not fit the checkpoint fails in
-  # restore and leaves the run's own config.json as it was.
-  writer.write_config(config)
+  model = classification.build_model(config, teacher.num_classes)
+  tx, schedule = classification.build_optimizer(config, total_steps=total_steps,
+                                                warmup_steps=warmup_steps)
+  state = run.init_or_resume(
+      lambda: train.init_state(model, tx, seed=config.seed, dummy_input=modality.dummy_input(),
+                               mesh=run.mesh), data, total_steps,
+      fresh_fn=lambda s: classification.copy_pretrained(s, config, tx, run.mesh))
 
   # --- Loop ---------------------------------------------------------------------
-  teacher_size = int(teacher.config.data.image_size) or data.image_shape[0]
-  objective = make_objective(teacher, teacher_size, out_size, config.temperature, config.alpha)
-  step_fn = finetune.make_train_step(model, tx, schedule, config, mesh, out_size, objective)
-  logging.info('Distilling %s into a student on %d unlabeled images for %d steps '
+  objective = make_objective(teacher, teacher_modality, config.temperature, config.alpha)
+  step_fn = classification.make_train_step(model, tx, schedule, modality, run.mesh, objective)
+  logging.info('Distilling %s into a student on %d unlabeled examples for %d steps '
                '(%.1f per epoch), tau %.2f, alpha %.2f.', config.teacher,
                data.num_examples, total_steps, steps_per_epoch, config.temperature,
                config.alpha)
-  progress = metrics_io.Progress(total_steps, config.batch_size,
-                                 log_every=config.log_every_steps, start_step=start_step)
-  flusher = loop.MetricsFlusher(writer, progress, config.batch_size, start_step,
-                                ('loss', 'teacher_agreement'))
-  started = time.monotonic()
-  state, step = loop.train_until_done(
-      state, step_fn, data, batches=_with_labelled_mask(data, label_ids), config=config,
-      mesh=mesh, start_step=start_step, total_steps=total_steps, ckpt=ckpt, flusher=flusher,
-      step_args=(teacher_variables,))
-  train_seconds = time.monotonic() - started
+  state, step = run.train(state, step_fn, data, total_steps=total_steps,
+                          progress_keys=('loss', 'teacher_agreement'),
+                          batches=_with_labelled_mask(data, label_ids),
+                          step_args=(teacher_variables,))
 
   # --- Eval: student top-1, teacher top-1 and agreement ----------------------------
   results: dict[str, Any] = {'step': step, 'total_steps': total_steps,
-                             'teacher': config.teacher, 'train_seconds': train_seconds,
-                             **flusher.last}
-  if step < total_steps:
-    logging.warning('Stopped at step %d of %d (SIGTERM or stop_at_step); rerun to resume.',
-                    step, total_steps)
-    writer.close()
-    return results
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  student_logits = finetune.make_logits_fn(model, variables, mesh, out_size)
-  results.update(finetune.evaluate(student_logits, config, workdir, mesh))
-  teacher_logits = finetune.make_logits_fn(teacher.model, teacher_variables, mesh,
-                                           teacher_size)
-  both = jax.jit(lambda images: jnp.stack(
-      [jnp.argmax(student_logits(images), -1), jnp.argmax(teacher_logits(images), -1),
-       ], -1).astype(jnp.float32))
-  pred = loop.predict_split(both, config.data, 'test', config.batch_size, mesh,
-                            keep_logits=True)
-  results['test_teacher_agreement'] = float(np.mean(pred['logits'][:, 0] == pred['logits'][:, 1]))
-  results['teacher_test_top1'] = float(np.mean(pred['logits'][:, 1] == pred['label']))
-  writer.write_scalars(step, {k: v for k, v in results.items()
-                              if k.endswith('_top1') or k.endswith('_agreement')})
-  writer.write_json(RESULTS_FILE, results)
-  if jax.process_index() == 0:
-    print(f'student top-1: test {results["test_top1"]:.4f} (teacher '
-          f'{results["teacher_test_top1"]:.4f}), agreement with the teacher '
-          f'{results["test_teacher_agreement"]:.4f}', flush=True)
-  writer.close()
+                             'teacher': config.teacher, 'train_seconds': run.train_seconds,
+                             **run.last_metrics}
+  if run.finished(step, total_steps):
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    student_logits = classification.make_logits_fn(model, variables, run.mesh, modality)
+    results.update(classification.evaluate(student_logits, config, workdir, run.mesh,
+                                           modality))
+    teacher_logits = classification.make_logits_fn(teacher.model, teacher_variables,
+                                                   run.mesh, teacher_modality)
+    both = jax.jit(lambda raw: jnp.stack(
+        [jnp.argmax(student_logits(raw), -1), jnp.argmax(teacher_logits(raw), -1)],
+        -1).astype(jnp.float32))
+    pred = loop.predict_split(both, config.data, 'test', config.batch_size, run.mesh,
+                              keep_logits=True, input_key=modality.input_key)
+    results['test_teacher_agreement'] = float(
+        np.mean(pred['logits'][:, 0] == pred['logits'][:, 1]))
+    results['teacher_test_top1'] = float(np.mean(pred['logits'][:, 1] == pred['label']))
+    run.write_results(RESULTS_FILE, step, results, ('_top1', '_agreement'))
+    trainer.print_results(
+        f'student top-1: test {results["test_top1"]:.4f} (teacher '
+        f'{results["teacher_test_top1"]:.4f}), agreement with the teacher '
+        f'{results["test_teacher_agreement"]:.4f}')
+  run.close()
   return results
 
 

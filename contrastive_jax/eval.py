@@ -35,11 +35,11 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from contrastive_jax import (checkpoint, config_defaults, export, loop, metrics_io, parallel,
-                             plots, probes, train)
+from contrastive_jax import (checkpoint, config_defaults, export, loop, metrics_io, modalities,
+                             parallel, plots, probes, train)
 from contrastive_jax.data import pipeline, sources
 from contrastive_jax.data.sources import ArraySource
-from contrastive_jax.models import build_encoder, build_model
+from contrastive_jax.models import build_encoder, build_model, encoders
 
 MODES = ('linear', 'knn', 'classifier')
 PLOT_METHODS = ('pca', 'tsne')
@@ -172,6 +172,13 @@ def load_eval_data(data_cfg: ml_collections.ConfigDict, *, need_train: bool,
 # ---------------------------------------------------------------------------
 # Model and features.
 
+def eval_modality(run_config: ml_collections.ConfigDict, data: EvalData) -> modalities.Modality:
+  """The run's modality over the evaluated data (its input size and shape)."""
+  config = ml_collections.ConfigDict(run_config.to_dict())
+  config.data = data.data_cfg
+  src = data.train if data.train is not None else data.test
+  return modalities.build(config, src.input_shape if src is not None else None)
+
 class EncoderFeatures(nn.Module):
   """The encoder alone (for checkpoints without a projection head): {'h', 'proj': [h]}."""
   encoder: nn.Module
@@ -182,20 +189,19 @@ class EncoderFeatures(nn.Module):
     return {'h': h, 'proj': [h]}
 
 
-def _has_full_head(model_cfg: ml_collections.ConfigDict, params: dict[str, Any]) -> bool:
+def _has_full_head(model_cfg: ml_collections.ConfigDict, params: dict[str, Any],
+                   modality: modalities.Modality) -> bool:
   """Whether params['head'] is the whole projection head of config.model (a
   fine-tuned classifier keeps only its first layers, or none)."""
   if 'head' not in params:
     return False
-  channels = next(int(np.shape(l)[-2]) for l in jax.tree.leaves(params['encoder'])
-                  if np.ndim(l) == 4)  # the stem conv kernel [kh, kw, C_in, C_out]
-  shapes = jax.eval_shape(lambda: build_model(model_cfg, num_classes=0).init(
-      jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, channels)), train=False))
+  shapes = jax.eval_shape(lambda: build_model(model_cfg, num_classes=0, conv_cls=nn.Conv).init(
+      jax.random.PRNGKey(0), modality.dummy_input(1), train=False))
   return jax.tree.structure(shapes['params']['head']) == jax.tree.structure(params['head'])
 
 
-def feature_model(model_cfg: ml_collections.ConfigDict, state: dict[str, Any]
-                  ) -> tuple[nn.Module, dict[str, Any]]:
+def feature_model(model_cfg: ml_collections.ConfigDict, state: dict[str, Any],
+                  modality: modalities.Modality) -> tuple[nn.Module, dict[str, Any]]:
   """(module, variables) computing h and the projection layers from a restored state.
 
   Only 'encoder' and a complete projection 'head' are kept: the online probe,
@@ -207,7 +213,7 @@ def feature_model(model_cfg: ml_collections.ConfigDict, state: dict[str, Any]
     raise ValueError(f'The checkpoint has no encoder parameters (top-level modules: '
                      f'{sorted(params)}); config.init_from must be a pretrain or finetune '
                      'workdir written by contrastive_jax.')
-  full = _has_full_head(model_cfg, params)
+  full = _has_full_head(model_cfg, params, modality)
   keep = ('encoder', 'head') if full else ('encoder',)
   module = (build_model(model_cfg, num_classes=0) if full
             else EncoderFeatures(build_encoder(model_cfg)))
@@ -219,7 +225,8 @@ def feature_model(model_cfg: ml_collections.ConfigDict, state: dict[str, Any]
 
 def extract_features(predict: Callable[[Any, jax.Array], dict], variables: Any,
                      batches: Iterable[dict[str, np.ndarray]], feature: str,
-                     mesh: jax.sharding.Mesh) -> tuple[np.ndarray, np.ndarray]:
+                     mesh: jax.sharding.Mesh, input_key: str = 'image'
+                     ) -> tuple[np.ndarray, np.ndarray]:
   """(features [N, D] float32, labels [N]) of one pass, on every process.
 
   Each process feeds its rows; the sharded output is all-gathered (tiled), so
@@ -230,8 +237,8 @@ def extract_features(predict: Callable[[Any, jax.Array], dict], variables: Any,
     # Labels and mask travel as global arrays too: gathered from host numpy they
     # would come in process order, the features in the mesh's device order, and
     # make_mesh may order a pod's hosts differently.
-    batch = parallel.global_batch({k: batch[k] for k in ('image', 'mask', 'label')}, mesh)
-    out = predict(variables, batch['image'])
+    batch = parallel.global_batch({k: batch[k] for k in (input_key, 'mask', 'label')}, mesh)
+    out = predict(variables, batch[input_key])
     if feature not in out:
       raise ValueError(f'config.feature={feature!r} is not an output of this model; '
                        f'choose one of {sorted(out)}.')
@@ -255,9 +262,9 @@ def _labelled(features: np.ndarray, labels: np.ndarray, name: str
 # ---------------------------------------------------------------------------
 # Classifier mode.
 
-def classifier_accuracy(classifier: Any, batches: Iterable[dict[str, np.ndarray]]
-                        ) -> dict[str, float]:
-  """Top-1 / top-5 of `classifier.logits(uint8 images) -> [n, C]` over masked batches.
+def classifier_accuracy(classifier: Any, batches: Iterable[dict[str, np.ndarray]],
+                        input_key: str = 'image') -> dict[str, float]:
+  """Top-1 / top-5 of `classifier.logits(raw inputs) -> [n, C]` over masked batches.
 
   Each process scores its own rows; the counts are summed over processes.
   """
@@ -266,7 +273,7 @@ def classifier_accuracy(classifier: Any, batches: Iterable[dict[str, np.ndarray]
     keep = batch['mask'] & (batch['label'] >= 0)
     if not keep.any():
       continue
-    logits = np.asarray(classifier.logits(batch['image'][keep]), np.float32)
+    logits = np.asarray(classifier.logits(batch[input_key][keep]), np.float32)
     labels = batch['label'][keep]
     # Stable sort of -logits: ties go to the lower class index, as lax.top_k.
     ranked = np.argsort(-logits, axis=1, kind='stable')[:, :5]
@@ -292,43 +299,32 @@ class _Context:
   mesh: jax.sharding.Mesh
   outdir: str
   writer: metrics_io.MetricsWriter
+  modality: modalities.Modality
   # Built at the first step and kept: every step of a run has the same
   # architecture, so the jitted feature extractor compiles once.
   predict: Optional[Callable[[Any, jax.Array], dict]] = None
 
 
-def _out_size(data: EvalData) -> int:
-  """The network input side: config.data.image_size, else the images' own."""
-  if data.data_cfg.image_size:
-    return int(data.data_cfg.image_size)
-  src = data.train if data.train is not None else data.test
-  if src is None:
-    raise ValueError('Streamed data needs config.data.image_size > 0.')
-  return int(src.image_shape[0])
-
-
 def check_input_size(run_config: ml_collections.ConfigDict, out_size: int) -> None:
-  """A flattened h (model.pool='flatten') only exists at the pretraining size.
-
-  Its width is the last map's pixels x channels, so another input size changes
-  h's width and the projection head's first layer cannot take it: say so here
-  rather than as a shape error deep inside flax.
-  """
+  """An encoder whose h width depends on the input (a ResNet with
+  pool='flatten') only takes the pretraining input size: say so here rather
+  than as a shape error deep inside flax."""
   trained = int(run_config.data.get('image_size', 0) or 0)
-  if run_config.model.get('pool', 'avg') == 'flatten' and trained and out_size != trained:
+  if (encoders.spec(run_config.model).width(run_config.model) is None and trained
+      and out_size != trained):
     raise ValueError(
-        f"This run's encoder flattens its last feature map (model.pool='flatten'), so it "
-        f'only takes {trained} px inputs; config.data.image_size={out_size} would change '
-        f"h's width. Evaluate at {trained} px (drop the image_size override).")
+        f"This run's encoder's h width depends on its input size (e.g. resnet.pool="
+        f"'flatten'), so it only takes {trained} px inputs; config.data.image_size="
+        f'{out_size} would change it. Evaluate at {trained} px (drop the image_size override).')
 
 
 def _frozen_feature_eval(ctx: _Context, state: dict[str, Any], step: int) -> dict[str, Any]:
   config, data = ctx.config, ctx.data
-  module, variables = feature_model(ctx.run_config.model, state)
+  module, variables = feature_model(ctx.run_config.model, state, ctx.modality)
   if ctx.predict is None:
-    out_size = _out_size(data)
-    check_input_size(ctx.run_config, out_size)
-    ctx.predict = train.make_predict_fn(module, ctx.mesh, out_size)
+    if ctx.modality.name == 'image':
+      check_input_size(ctx.run_config, ctx.modality.out_size)
+    ctx.predict = train.make_predict_fn(module, ctx.mesh, ctx.modality)
   predict = ctx.predict
   variables = parallel.replicate(variables, ctx.mesh)
 
@@ -337,7 +333,7 @@ def _frozen_feature_eval(ctx: _Context, state: dict[str, Any], step: int) -> dic
   feats = {}
   for which in splits:
     x, y = extract_features(predict, variables, data.batches(which, config.batch_size),
-                            config.feature, ctx.mesh)
+                            config.feature, ctx.mesh, ctx.modality.input_key)
     feats[which] = _labelled(x, y, which)
   results: dict[str, Any] = {
       'feature': config.feature, 'feature_dim': int(feats['test'][0].shape[1]),
@@ -411,7 +407,8 @@ def _evaluate_step(ctx: _Context, step: int, state: dict[str, Any]
     classifier = export.classifier_from_state(ctx.run_config, state, step,
                                               ctx.config.init_from)
     results.update(classifier_accuracy(classifier,
-                                       ctx.data.batches('test', ctx.config.batch_size)))
+                                       ctx.data.batches('test', ctx.config.batch_size),
+                                       ctx.modality.input_key))
   results['eval_seconds'] = time.monotonic() - t0
 
   ctx.writer.write_json(f'step_{int(step)}.json', results)
@@ -489,7 +486,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     raise ValueError(f'config.data.source={data_cfg.source!r} has no labels; linear / kNN '
                      'evaluation needs a labelled dataset.')
   ctx = _Context(config=config, modes=modes, run_config=run_config, data=data, mesh=mesh,
-                 outdir=outdir, writer=writer)
+                 outdir=outdir, writer=writer, modality=eval_modality(run_config, data))
 
   # --- Loop over checkpoints (one pass unless continuous) ----------------------
   reader = checkpoint.Checkpointer(ckpt_dir, read_only=True)

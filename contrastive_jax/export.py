@@ -2,14 +2,16 @@
 
   import contrastive_jax
   encoder = contrastive_jax.load_encoder('/tmp/cj_smoke')      # latest checkpoint
-  out = encoder(images)            # images: [N, H, W, C] floats in [0, 1] (or uint8)
+  out = encoder(inputs)            # images: [N, H, W, C] floats in [0, 1] (or uint8)
   out['h'], out['z']               # encoder features, projection-head output
 
   clf = export.load_classifier('/tmp/ft')   # a finetune or distill workdir
   clf.logits(images_uint8)         # [N, num_classes]; clf.predict -> class ids
 
 The workdir's `config.json` says how to rebuild the model; the checkpoint gives
-the parameters and BatchNorm statistics. Optimizer state is never loaded.
+the parameters and BatchNorm statistics. Optimizer state is never loaded, nor
+a method's extra state. The run's modality (from its data source) prepares
+the inputs, so the same calls serve any modality.
 """
 
 from __future__ import annotations
@@ -25,18 +27,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from contrastive_jax import augment, checkpoint, files
+from contrastive_jax import checkpoint, config_migration, files, modalities
 from contrastive_jax.models import build_model
 from contrastive_jax.models import classifier as classifier_lib
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The resolved config a binary saved as WORKDIR/config.json."""
+  """The resolved config a binary saved as WORKDIR/config.json, in today's
+  layout (config_migration: runs written before the plug-in layout load too)."""
   path = os.path.join(workdir, 'config.json')
   if not files.exists(path):
     raise FileNotFoundError(f'{path} not found: is {workdir!r} the --workdir of a '
                             'pretrain/finetune run?')
-  return ml_collections.ConfigDict(json.loads(files.read_text(path)))
+  return config_migration.migrate(ml_collections.ConfigDict(json.loads(files.read_text(path))))
 
 
 @dataclasses.dataclass
@@ -74,24 +77,27 @@ def load_pretrained(workdir: str, step: Optional[int] = None) -> Pretrained:
   """Restores params + batch_stats of a pretraining run (latest step by default)."""
   config = read_config(workdir)
   params, batch_stats, step = _restore(workdir, step)
-  model = build_model(config.model, num_classes=_head_classes(params, 'probe'))
+  model = build_model(config.model, num_classes=_head_classes(params, 'probe'),
+                      kernels_cfg=config.get('kernels'))
   return Pretrained(config=config, model=model, step=int(step),
                     variables={'params': params, 'batch_stats': batch_stats})
 
 
 class Encoder:
-  """Callable feature extractor: images [N, H, W, C] in [0, 1] (or uint8) -> outputs.
+  """Callable feature extractor: raw inputs -> outputs.
 
+  Images: [N, H, W, C] (or one [H, W, C]; [N, H, W] for a one-channel
+  network), floats in [0, 1] used as they are, uint8 given the eval
+  preprocessing (centre crop, resize to the training input size) first.
   Returns a dict with 'h' (encoder features), 'z' (projection output),
   'proj_i' (the i-th projection layer's output; proj_0 = h) and, when the run
-  had an online probe, 'probe_logits'. uint8 inputs get the eval preprocessing
-  (centre crop, resize to the training input size) first.
+  had an online probe, 'probe_logits'.
   """
 
   def __init__(self, pretrained: Pretrained):
     self.pretrained = pretrained
     self.config = pretrained.config
-    self.image_size = int(self.config.data.image_size) or None
+    self.modality = modalities.build(self.config, _input_shape(pretrained.variables))
     self._variables = jax.tree.map(jnp.asarray, pretrained.variables)
     model = pretrained.model
 
@@ -103,16 +109,18 @@ class Encoder:
 
     self._apply = apply
 
-  def __call__(self, images: Any) -> dict[str, jax.Array]:
-    images = np.asarray(images)
-    if images.ndim == 3:
-      images = images[None]
-    if images.dtype == np.uint8:
-      size = self.image_size or images.shape[1]
-      x = augment.eval_preprocess(jnp.asarray(images), size)
-    else:
-      x = jnp.asarray(images, jnp.float32)
-    return self._apply(self._variables, x)
+  def __call__(self, inputs: Any) -> dict[str, jax.Array]:
+    return self._apply(self._variables, self.modality.prepare(inputs))
+
+
+def _input_shape(variables: dict[str, Any]) -> Optional[tuple[int, ...]]:
+  """What the checkpoint says of the input: the channel count, from the
+  encoder's first convolution kernel [kh, kw, C_in, C_out], as (None, None, C);
+  None when it has no convolution."""
+  for leaf in jax.tree.leaves(variables.get('params', {}).get('encoder', {})):
+    if np.ndim(leaf) == 4:
+      return (None, None, int(np.shape(leaf)[-2]))
+  return None
 
 
 def load_encoder(workdir: str, step: Optional[int] = None) -> Encoder:
@@ -121,15 +129,16 @@ def load_encoder(workdir: str, step: Optional[int] = None) -> Encoder:
 
 
 class Classifier:
-  """A fine-tuned (or distilled) classifier, ready to call on images.
+  """A fine-tuned (or distilled) classifier, ready to call on raw inputs.
 
     clf = load_classifier('/tmp/ft')
     clf.logits(images_uint8)     # [N, num_classes] float32 (numpy)
     clf.predict(images_uint8)    # [N] int class ids
 
-  uint8 images [N, H, W, C] get the eval preprocessing (centre crop when the
-  input side is above 32 px, resize to the training input size); float images
-  in [0, 1] are used as they are. Evaluated in chunks of `batch_size` images.
+  Inputs are prepared by the run's modality (images: uint8 [N, H, W, C] get
+  the eval preprocessing, centre crop when the input side is above 32 px and
+  resize to the training input size; floats in [0, 1] are used as they are).
+  Evaluated in chunks of `batch_size` examples.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, model: nn.Module,
@@ -139,28 +148,21 @@ class Classifier:
     self.step = int(step)
     self.variables = jax.tree.map(jnp.asarray, variables)
     self.num_classes = int(model.num_classes)
-    self.image_size = int(config.data.image_size) or None
+    self.modality = modalities.build(config, _input_shape(variables))
     self.batch_size = batch_size
     self._apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
 
-  def preprocess(self, images: Any) -> jax.Array:
-    images = np.asarray(images)
-    if images.ndim == 3:
-      images = images[None]
-    if images.dtype == np.uint8:
-      return augment.eval_preprocess(jnp.asarray(images), self.image_size or images.shape[1])
-    return jnp.asarray(images, jnp.float32)
+  def preprocess(self, inputs: Any) -> jax.Array:
+    return self.modality.prepare(inputs)
 
   def apply(self, x: jax.Array) -> jax.Array:
     """Eval-mode logits of already preprocessed float images (jittable inside)."""
     return self._apply(self.variables, x)
 
-  def logits(self, images: Any) -> np.ndarray:
-    images = np.asarray(images)
-    if images.ndim == 3:
-      images = images[None]
-    chunks = [np.asarray(self.apply(self.preprocess(images[i:i + self.batch_size])))
-              for i in range(0, len(images), self.batch_size)]
+  def logits(self, inputs: Any) -> np.ndarray:
+    x = self.preprocess(inputs)
+    chunks = [np.asarray(self.apply(x[i:i + self.batch_size]))
+              for i in range(0, len(x), self.batch_size)]
     return (np.concatenate(chunks) if chunks
             else np.zeros((0, self.num_classes), np.float32))
 
@@ -189,7 +191,7 @@ def classifier_from_state(config: ml_collections.ConfigDict, state: dict[str, An
     raise ValueError(f'The checkpoint in {workdir} has no classifier parameters.')
   model = classifier_lib.build_classifier(
       config.model, num_classes, ft_proj_selector=config.ft_proj_selector,
-      zero_init=config.get('zero_init', True))
+      zero_init=config.get('zero_init', True), kernels_cfg=config.get('kernels'))
   return Classifier(config=config, model=model, step=int(step),
                     variables={'params': params,
                                'batch_stats': state.get('batch_stats', {})})

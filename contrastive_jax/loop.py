@@ -177,7 +177,18 @@ def resume(ckpt, start_step: int, state: Any, data: Any,
   after that step dropped. Raises (before anything is written) when the
   checkpoint does not fit `state`.
   """
-  state, extra = ckpt.restore(start_step, target=checkpoint.to_abstract(state))
+  target = checkpoint.to_abstract(state)
+  saved = ckpt.item_metadata(start_step)
+  legacy = (hasattr(state, 'extra') and not jax.tree.leaves(state.extra)
+            and isinstance(saved, Mapping) and 'extra' not in saved)
+  if legacy:
+    # Written before TrainState had the method's extra state: restore the
+    # four fields it had, and start the (empty) extra state as it is.
+    fields = ('step', 'params', 'batch_stats', 'opt_state')
+    restored, extra = ckpt.restore(start_step, target={k: getattr(target, k) for k in fields})
+    state = state.replace(**restored)
+  else:
+    state, extra = ckpt.restore(start_step, target=target)
   data.restore(extra['data'])
   if extra.get('total_steps', total_steps) != total_steps:
     # The schedule follows this run's length: the LR jumps at the resume step.
@@ -219,8 +230,10 @@ def train_until_done(state: Any, step_fn: Callable[..., tuple[Any, Any]], data: 
 
 def predict_split(logits_fn: Callable[[jax.Array], jax.Array],
                   data_cfg: ml_collections.ConfigDict, split: str, batch_size: int,
-                  mesh, keep_logits: bool = False) -> dict[str, np.ndarray]:
-  """One pass over 'train' | 'val' | 'test' with `logits_fn(global uint8 images)`.
+                  mesh, keep_logits: bool = False,
+                  input_key: str = 'image') -> dict[str, np.ndarray]:
+  """One pass over 'train' | 'val' | 'test' with `logits_fn(global raw inputs)`
+  (the modality's batch[input_key]).
 
   Returns host arrays over the real (unpadded) examples: 'pred', 'label', 'id'
   and, with keep_logits, 'logits' [N, classes].
@@ -229,8 +242,8 @@ def predict_split(logits_fn: Callable[[jax.Array], jax.Array],
   for batch in pipeline.make_eval_iterator(data_cfg, split, global_batch_size=batch_size):
     # Every field as a global array, so all come back in the same (device) order.
     batch = parallel.global_batch(
-        {k: batch[k] for k in ('image', 'mask', 'label', 'index')}, mesh)
-    logits = parallel.gather(logits_fn(batch['image']))
+        {k: batch[k] for k in (input_key, 'mask', 'label', 'index')}, mesh)
+    logits = parallel.gather(logits_fn(batch[input_key]))
     mask = parallel.gather(batch['mask'])
     out['pred'].append(logits.argmax(-1)[mask])
     out['label'].append(parallel.gather(batch['label'])[mask])
@@ -256,7 +269,7 @@ def run_binary(entry: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
   """
   from absl import app, flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from contrastive_jax import xla_cpu  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.kernels import xla_cpu  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file('config', None, 'Path to a config file (get_config()).',
                                   lock_config=True)
   flags.DEFINE_string('workdir', None, 'Output directory: checkpoints, metrics, results.')

@@ -1,11 +1,16 @@
-"""The jitted steps every binary shares: state, pretraining step, feature extraction.
+"""The jitted steps every binary shares: state, pretraining step, prediction.
 
-Layout over the mesh: parameters, BN statistics and optimizer state are
-replicated; the batch is split over the 'data' axis. BatchNorm therefore
-normalises over the global batch (both views of every image on every device:
-SimCLR's global BN), and the contrastive loss runs under `jax.shard_map` so its
-all-gather of projections is explicit. Augmentation keys come from (seed, step,
-example index, view), so a run is the same on 1 device, 8 devices or 2 hosts.
+Layout over the mesh: parameters, BN statistics, optimizer state and the
+method's extra state are replicated; the batch is split over the 'data' axis.
+BatchNorm therefore normalises over the global batch (every view of every
+example on every device: SimCLR's global BN), and the method's loss runs under
+`jax.shard_map` so its all-gather of projections is explicit. Augmentation
+keys come from (seed, step, example index, view), so a run is the same on 1
+device, 8 devices or 2 hosts.
+
+Nothing here names a method or a modality: the run's `methods.Method` gives
+the views count, the loss and the extra state; its `modalities.Modality` the
+views, the dummy input and the eval preprocessing.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from flax import struct
 from jax.sharding import Mesh, PartitionSpec as P
 
-from contrastive_jax import augment, losses, parallel
+from contrastive_jax import losses, parallel
+from contrastive_jax.methods import Method, StepContext
+from contrastive_jax.modalities import Modality
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -32,110 +38,106 @@ class TrainState(struct.PyTreeNode):
   params: Any
   batch_stats: Any
   opt_state: Any
+  extra: Any = struct.field(default_factory=dict)   # the method's (EMA, queue, ...)
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, *, seed: int,
-               image_shape: tuple[int, int, int], mesh: Mesh) -> TrainState:
+               dummy_input: jax.Array, mesh: Mesh,
+               init_extra: Callable[[Any, Any], Any] = lambda params, stats: {}
+               ) -> TrainState:
   """Initialises the state directly on the mesh, replicated."""
   def init():
-    variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((2,) + image_shape),
-                           train=False)
+    variables = model.init(jax.random.PRNGKey(seed), dummy_input, train=False)
     params = variables['params']
+    batch_stats = variables.get('batch_stats', {})
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get('batch_stats', {}),
-                      opt_state=tx.init(params))
+                      batch_stats=batch_stats, opt_state=tx.init(params),
+                      extra=init_extra(params, batch_stats))
   return jax.jit(init, out_shardings=parallel.replicated(mesh))()
 
 
-def _contrastive_loss(z: jax.Array, labels: jax.Array, config: ml_collections.ConfigDict,
-                      mesh: Mesh) -> tuple[jax.Array, Metrics]:
-  """z: [N, V, d] sharded over 'data'. The loss all-gathers over the mesh."""
-  axis = parallel.DATA_AXIS
-  if config.mode == 'simclr':
-    fn = lambda z_, _: losses.nt_xent(z_[:, 0], z_[:, 1], temperature=config.temperature,
-                                      axis_name=axis, block_size=config.loss_block_size)
-  else:
-    fn = lambda z_, y_: losses.supcon(z_, y_, temperature=config.temperature,
-                                      base_temperature=config.base_temperature or None,
-                                      axis_name=axis)
-  sharded = jax.shard_map(fn, mesh=mesh, in_specs=(P(axis), P(axis)), out_specs=P())
-  return sharded(z, labels)
+def example_major(views: jax.Array) -> jax.Array:
+  """[V, N, ...] -> [N * V, ...] with the views of an example side by side, so
+  they stay on the example's device."""
+  v, n = views.shape[:2]
+  return jnp.swapaxes(views, 0, 1).reshape((n * v,) + views.shape[2:])
 
 
 def make_pretrain_step(model: nn.Module, tx: optax.GradientTransformation,
-                       schedule: optax.Schedule, config: ml_collections.ConfigDict,
-                       mesh: Mesh, out_size: int) -> Callable[[TrainState, Batch],
-                                                              tuple[TrainState, Metrics]]:
+                       schedule: optax.Schedule, method: Method, modality: Modality,
+                       mesh: Mesh, total_steps: int = 0
+                       ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """Returns a jitted `step(state, batch) -> (state, metrics)`; the state is donated.
 
-  `batch` holds uint8 'image' [N, H, W, C], int 'label' [N] (-1 = unknown;
-  used by SupCon and the online probe only), int 'index' [N], the global
-  example id that seeds the example's augmentation, and for letterboxed
-  streams int 'extent' [N, 2] (the crop is drawn inside it).
+  `batch` holds the modality's raw inputs (batch[modality.input_key]), int
+  'label' [N] (-1 = unknown; used by label-using methods and the online probe
+  only) and int 'index' [N], the global example id that seeds its views.
   """
-  data = parallel.data_sharding(mesh)
+  data, rep = parallel.data_sharding(mesh), parallel.replicated(mesh)
+  axis = parallel.DATA_AXIS
+  num_views = method.num_views
+
+  def sharded_loss(z, labels, targets, extra):
+    fn = lambda z_, y_, t_, e_: method.loss(z_, y_, t_, e_, axis_name=axis)
+    return jax.shard_map(fn, mesh=mesh, in_specs=(P(axis), P(axis), P(axis), P()),
+                         out_specs=P())(z, labels, targets, extra)
 
   def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-    views = batch_views(config, out_size, state.step, batch)          # [2, N, h, w, c]
+    views = modality.train_views(state.step, batch, num_views)       # [V, N, ...]
     n = views.shape[1]
-    # Example-major order keeps both views of an example on its device.
-    x = jnp.swapaxes(views, 0, 1).reshape((2 * n,) + views.shape[2:])
-    x = jax.lax.with_sharding_constraint(x, data)
+    x = jax.lax.with_sharding_constraint(example_major(views), data)
     labels = batch['label'].astype(jnp.int32)
+    apply = lambda variables, x_: model.apply(variables, x_, train=True,
+                                              mutable=['batch_stats'])[0]
+    ctx = StepContext(apply=apply, x=x, params=state.params, batch_stats=state.batch_stats,
+                      extra=state.extra, step=state.step, total_steps=total_steps)
+    targets = jax.lax.stop_gradient(method.targets(ctx))
 
     def loss_fn(params):
       out, mutated = model.apply({'params': params, 'batch_stats': state.batch_stats}, x,
                                  train=True, mutable=['batch_stats'])
-      z = out['z'].reshape(n, 2, -1)
-      loss, metrics = _contrastive_loss(z, labels, config, mesh)
+      z = out['z'].reshape(n, num_views, -1)
+      loss, metrics = sharded_loss(z, labels, targets, state.extra)
       total = loss
       if 'probe_logits' in out:
         # stop_gradient(h) inside the model: this loss trains the probe only.
         probe_loss, probe_acc = losses.softmax_cross_entropy(
-            out['probe_logits'], jnp.repeat(labels, 2))
+            out['probe_logits'], jnp.repeat(labels, num_views))
         total = total + probe_loss
         metrics = dict(metrics, probe_loss=probe_loss, probe_acc=probe_acc)
-      return total, (mutated['batch_stats'], dict(metrics, loss=loss))
+      return total, (mutated['batch_stats'], out, dict(metrics, loss=loss))
 
-    grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, (batch_stats, out, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    extra = method.update_extra(StepContext(
+        apply=apply, x=x, params=params, batch_stats=batch_stats, extra=state.extra,
+        step=state.step, total_steps=total_steps,
+        outputs=jax.lax.stop_gradient(out), targets=targets))
     metrics.update(learning_rate=schedule(state.step), grad_norm=optax.global_norm(grads),
                    param_norm=optax.global_norm(params))
     return TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
-                      opt_state=opt_state), metrics
+                      opt_state=opt_state, extra=extra), metrics
 
-  return jax.jit(step, in_shardings=(parallel.replicated(mesh), data),
-                 out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
+  return jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep),
                  donate_argnums=0)
 
 
-def batch_views(config: ml_collections.ConfigDict, out_size: int, step: jax.Array | int,
-                batch: Batch) -> jax.Array:
-  """The two augmented views [2, N, h, w, c] of a batch at `step`; crops of
-  letterboxed images stay inside batch['extent'] when the batch has one."""
-  return augment.pretrain_views(config.seed, step, batch['index'], batch['image'],
-                                config.augment, out_size, extents=batch.get('extent'))
+def make_view_fn(modality: Modality, num_views: int) -> Callable[[Any, Batch], jax.Array]:
+  """Jitted (step, batch) -> the views [V, N, ...] of a batch, for summaries."""
+  return jax.jit(lambda step, batch: modality.train_views(step, batch, num_views))
 
 
-def make_view_fn(config: ml_collections.ConfigDict, out_size: int) -> Callable[[jax.Array, Batch], jax.Array]:
-  """Jitted (step, batch) -> batch_views, for summaries."""
-  return jax.jit(functools.partial(batch_views, config, out_size))
-
-
-def make_predict_fn(model: nn.Module, mesh: Mesh, out_size: int,
-                    crop_fraction: float = 0.875) -> Callable[[Any, jax.Array], dict]:
-  """Jitted (variables, uint8 images) -> model outputs in eval mode.
-
-  Images get the eval preprocessing (centre crop, resize to `out_size`).
-  """
+def make_predict_fn(model: nn.Module, mesh: Mesh, modality: Modality
+                    ) -> Callable[[Any, jax.Array], dict]:
+  """Jitted (variables, raw inputs) -> model outputs in eval mode, after the
+  modality's eval preprocessing; 'proj' comes back as proj_0 (= h) .. proj_L."""
   data = parallel.data_sharding(mesh)
 
   @functools.partial(jax.jit, in_shardings=(parallel.replicated(mesh), data),
                      out_shardings=data)
-  def predict(variables, images):
-    x = augment.eval_preprocess(images, out_size, crop_fraction)
-    out = model.apply(variables, x, train=False)
+  def predict(variables, raw):
+    out = model.apply(variables, modality.eval_inputs(raw), train=False)
     return {k: v for k, v in out.items() if k != 'proj'} | {
         f'proj_{i}': p for i, p in enumerate(out['proj'])}
 

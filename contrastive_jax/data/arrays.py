@@ -55,6 +55,11 @@ class ArraySource:
     return int(self.images.shape[0])
 
   @property
+  def input_shape(self) -> tuple[int, ...]:
+    """The raw example shape the run's modality sees (= image_shape for images)."""
+    return self.image_shape
+
+  @property
   def image_shape(self) -> tuple[int, int, int]:
     return tuple(int(d) for d in self.images.shape[1:])  # type: ignore[return-value]
 

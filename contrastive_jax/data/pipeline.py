@@ -143,6 +143,11 @@ class BatchIterator:
     return self.source.num_classes
 
   @property
+  def input_shape(self) -> tuple[int, ...]:
+    """The raw example shape the run's modality sees (= image_shape for images)."""
+    return self.image_shape
+
+  @property
   def image_shape(self) -> tuple[int, int, int]:
     return self.source.image_shape
 

@@ -298,6 +298,11 @@ class TfdsTrainStream:
     return self._num_classes
 
   @property
+  def input_shape(self) -> tuple[int, ...]:
+    """The raw example shape the run's modality sees (= image_shape for images)."""
+    return self.image_shape
+
+  @property
   def image_shape(self) -> tuple[int, int, int]:
     shape = self._builder.info.features['image'].shape
     if self._side:

@@ -1,12 +1,15 @@
-"""Models: ResNet encoders, projection/linear heads, and the SimCLR model.
+"""Models: encoders (a registry keyed by config.model.name), projection/linear
+heads, and the contrastive model that pretraining trains.
 
 `build_model(config.model, num_classes)` is the one entry point the binaries
-use; it reads only keys declared in `contrastive_jax.config_defaults`.
+use; `build_encoder(config.model)` gives the encoder alone. The convolution
+implementation (a speed choice, never a parameter change) comes from the
+run's `config.kernels` (`contrastive_jax.kernels.backend`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -14,17 +17,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from contrastive_jax import config_defaults
+from contrastive_jax.models import encoders
+from contrastive_jax.models.encoders import ENCODERS, EncoderSpec
 from contrastive_jax.models.heads import LinearHead, ProjectionHead
-from contrastive_jax.models.resnet import DEPTHS, ResNet, feature_width
+from contrastive_jax.models.resnet import DEPTHS, ResNet, resolve_architecture
 
 __all__ = [
-    'ContrastiveModel', 'DEPTHS', 'LinearHead', 'ProjectionHead', 'ResNet',
-    'build_encoder', 'build_model', 'count_params', 'encoder_width',
-    'resolve_architecture', 'tiny_model_config',
+    'ContrastiveModel', 'DEPTHS', 'ENCODERS', 'EncoderSpec', 'LinearHead', 'ProjectionHead',
+    'ResNet', 'build_encoder', 'build_head', 'build_model', 'count_params', 'encoder_width',
+    'model_defaults', 'resolve_architecture', 'tiny_model_config',
 ]
-
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 class ContrastiveModel(nn.Module):
@@ -51,99 +53,92 @@ class ContrastiveModel(nn.Module):
     return out
 
 
-def resolve_architecture(
-    model_cfg: ml_collections.ConfigDict) -> tuple[tuple[int, ...], str]:
-  """(stage_sizes, block) from depth / stage_sizes / block (see config_defaults)."""
-  depth, block = model_cfg.depth, model_cfg.block
-  stage_sizes = tuple(int(n) for n in model_cfg.stage_sizes)
-  if depth and depth not in DEPTHS:
-    raise ValueError(f'config.model.depth={depth} is not valid; choose one of '
-                     f'{[0] + sorted(DEPTHS)}.')
-  if not stage_sizes:
-    if not depth:
-      raise ValueError('config.model.depth=0 needs config.model.stage_sizes, '
-                       'e.g. --config.model.stage_sizes="(1, 1)".')
-    stage_sizes = DEPTHS[depth][0]
-  if not block:
-    if not depth:
-      raise ValueError("config.model.depth=0 needs config.model.block "
-                       "('basic' | 'bottleneck').")
-    block = DEPTHS[depth][1]
-  if block not in ('basic', 'bottleneck'):
-    raise ValueError(f"config.model.block={block!r}; choose 'basic' or 'bottleneck'.")
-  return stage_sizes, block
+def model_defaults() -> ml_collections.ConfigDict:
+  """config.model: the encoder's name and section (one per registered encoder),
+  then what every encoder shares (head, dtype, BatchNorm)."""
+  cfg = ml_collections.ConfigDict()
+  cfg.name = 'resnet'              # the encoder: a name in models.ENCODERS
+  for name in ENCODERS.names():
+    cfg[name] = ENCODERS.get(name).defaults()
+  cfg.num_proj_layers = 2          # 2 (v1) | 3 (v2)
+  cfg.proj_dim = 128
+  cfg.proj_hidden_dim = 0          # 0 = encoder output width
+  cfg.dtype = 'float32'            # compute dtype: 'float32' | 'bfloat16'
+  cfg.bn_momentum = 0.9
+  cfg.bn_epsilon = 1e-5
+  return cfg
 
 
-def _dtype(model_cfg: ml_collections.ConfigDict) -> Any:
-  if model_cfg.dtype not in _DTYPES:
-    raise ValueError(f'config.model.dtype={model_cfg.dtype!r}; choose one of '
-                     f'{tuple(_DTYPES)}.')
-  return _DTYPES[model_cfg.dtype]
+# config.model keys (beside the encoder's own arch_keys) that define the parameters.
+HEAD_ARCH_KEYS = ('num_proj_layers', 'proj_dim', 'proj_hidden_dim')
 
 
-def _conv_cls(model_cfg: ml_collections.ConfigDict, conv_cls: Any) -> Any:
-  """An explicit conv class wins; else config.model.conv (default 'auto')."""
-  if conv_cls is not None:
-    return conv_cls
-  from contrastive_jax.models import cpu_conv  # pylint: disable=g-import-not-at-top
-  return cpu_conv.conv_cls_for_backend(model_cfg.get('conv', 'auto'),
-                                       xla_wgrad_below=model_cfg.get('conv_xla_wgrad_below', 0))
+def validate(model_cfg: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first key of config.model at fault."""
+  spec = encoders.spec(model_cfg)
+  spec.validate(encoders.section(model_cfg))
+  encoders.compute_dtype(model_cfg)
+  if model_cfg.num_proj_layers < 1:
+    raise ValueError(f'config.model.num_proj_layers={model_cfg.num_proj_layers} must be >= 1.')
 
 
-def build_encoder(model_cfg: ml_collections.ConfigDict,
-                  conv_cls: Any = None) -> ResNet:
-  """The ResNet described by config.model (float32 params, cfg.dtype compute).
+def build_encoder(model_cfg: ml_collections.ConfigDict, conv_cls: Any = None,
+                  kernels_cfg: Optional[ml_collections.ConfigDict] = None) -> nn.Module:
+  """The encoder config.model names (float32 params, config.model.dtype compute).
 
-  The convolution is XLA's on accelerators; on CPU (config.model.conv='auto')
-  it is cpu_conv.Conv, whose weight gradient avoids XLA:CPU's slow lowering.
-  Parameters are identical either way, so checkpoints move freely.
+  The convolution class is `conv_cls` when given, else the one
+  `config.kernels` picks for this backend (XLA's on accelerators; on CPU the
+  faster kernels of contrastive_jax.kernels). Parameters are identical
+  either way, so checkpoints move freely.
   """
-  conv_cls = _conv_cls(model_cfg, conv_cls)
-  stage_sizes, block = resolve_architecture(model_cfg)
-  return ResNet(
-      stage_sizes=stage_sizes, block=block, base_width=model_cfg.base_width,
-      width_multiplier=model_cfg.width_multiplier, stem=model_cfg.stem,
-      stem_stride=model_cfg.get('stem_stride', 1), sk_ratio=model_cfg.sk_ratio,
-      pool=model_cfg.get('pool', 'avg'), dtype=_dtype(model_cfg),
-      bn_momentum=model_cfg.bn_momentum, bn_epsilon=model_cfg.bn_epsilon,
-      conv_cls=conv_cls)
+  if conv_cls is None:
+    from contrastive_jax.kernels import backend  # pylint: disable=g-import-not-at-top
+    conv_cls = backend.conv_cls(kernels_cfg)
+  return encoders.spec(model_cfg).build(model_cfg, conv_cls)
 
 
-def encoder_width(model_cfg: ml_collections.ConfigDict, image_size: int | None = None) -> int:
+def encoder_width(model_cfg: ml_collections.ConfigDict, image_size: int | None = None,
+                  channels: int = 3) -> int:
   """Width of h for config.model (2048 for ResNet-50 1x).
 
-  With pool='flatten' h is the whole last feature map, so its width depends
-  on the input side: pass `image_size`.
+  When it depends on the input (a ResNet with pool='flatten'), pass
+  `image_size` (config.data.image_size).
   """
-  if model_cfg.get('pool', 'avg') == 'avg':
-    stage_sizes, block = resolve_architecture(model_cfg)
-    return feature_width(stage_sizes, block, model_cfg.base_width,
-                         model_cfg.width_multiplier)
+  width = encoders.spec(model_cfg).width(model_cfg)
+  if width is not None:
+    return int(width)
   if not image_size:
-    raise ValueError(f"config.model.pool={model_cfg.pool!r} makes h's width depend on the "
-                     'input size; pass image_size (config.data.image_size).')
-  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-  h, _ = jax.eval_shape(lambda x: build_encoder(model_cfg).init_with_output(
+    raise ValueError("This encoder's h width depends on the input size "
+                     f"(config.model: {model_cfg.name}, e.g. resnet.pool='flatten'); pass "
+                     'image_size (config.data.image_size).')
+  x = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
+  h, _ = jax.eval_shape(lambda x: build_encoder(model_cfg, conv_cls=nn.Conv).init_with_output(
       jax.random.PRNGKey(0), x, train=False), x)
   return int(h.shape[-1])
 
 
-def build_model(model_cfg: ml_collections.ConfigDict, num_classes: int,
-                conv_cls: Any = None) -> ContrastiveModel:
-  """Encoder + projection head from config.model; num_classes > 0 adds the probe."""
-  head = ProjectionHead(
-      num_layers=model_cfg.num_proj_layers, out_dim=model_cfg.proj_dim,
-      hidden_dim=model_cfg.proj_hidden_dim, dtype=_dtype(model_cfg),
+def build_head(model_cfg: ml_collections.ConfigDict, keep: int = 0) -> ProjectionHead:
+  """config.model's projection head (`keep` > 0: only its first `keep` layers)."""
+  return ProjectionHead(
+      num_layers=int(model_cfg.num_proj_layers), keep=keep, out_dim=model_cfg.proj_dim,
+      hidden_dim=model_cfg.proj_hidden_dim, dtype=encoders.compute_dtype(model_cfg),
       bn_momentum=model_cfg.bn_momentum, bn_epsilon=model_cfg.bn_epsilon)
-  return ContrastiveModel(encoder=build_encoder(model_cfg, conv_cls), head=head,
-                          num_classes=num_classes)
+
+
+def build_model(model_cfg: ml_collections.ConfigDict, num_classes: int,
+                conv_cls: Any = None,
+                kernels_cfg: Optional[ml_collections.ConfigDict] = None) -> ContrastiveModel:
+  """Encoder + projection head from config.model; num_classes > 0 adds the probe."""
+  return ContrastiveModel(encoder=build_encoder(model_cfg, conv_cls, kernels_cfg),
+                          head=build_head(model_cfg), num_classes=num_classes)
 
 
 def tiny_model_config() -> ml_collections.ConfigDict:
   """A two-stage 8-wide ResNet for tests and CPU demos (h width 16)."""
-  cfg = config_defaults.model_defaults()
-  cfg.update(dict(depth=0, stage_sizes=(1, 1), block='basic', base_width=8,
-                  stem='cifar', num_proj_layers=2, proj_dim=16))
+  cfg = model_defaults()
+  cfg.resnet.update(dict(depth=0, stage_sizes=(1, 1), block='basic', base_width=8,
+                         stem='cifar'))
+  cfg.update(dict(num_proj_layers=2, proj_dim=16))
   return cfg
 
 

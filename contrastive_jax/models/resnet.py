@@ -27,13 +27,16 @@ the 'data' mesh axis the batch mean is already a global reduction, i.e. the
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from contrastive_jax.kernels.batchnorm import BatchNorm
+from contrastive_jax.models import encoders
 
 # depth -> (blocks per stage, block type).
 DEPTHS: dict[int, tuple[tuple[int, ...], str]] = {
@@ -293,3 +296,90 @@ def resnet_from_depth(depth: int, **kwargs: Any) -> ResNet:
     raise ValueError(f'ResNet depth={depth}; choose one of {sorted(DEPTHS)}.')
   stage_sizes, block = DEPTHS[depth]
   return ResNet(stage_sizes=stage_sizes, block=block, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# The 'resnet' encoder plug-in: config.model.name = 'resnet', keys in config.model.resnet.
+
+def resnet_defaults() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      depth=50,                    # 18, 34, 50, 101, 152, 200 | 0 = use stage_sizes
+      stage_sizes=(),              # e.g. (1, 1, 1) for a tiny test net; overrides depth
+      block='',                    # 'basic' | 'bottleneck' | '' = from depth
+      base_width=64,               # channels of the first stage before width_multiplier
+      width_multiplier=1,
+      stem='imagenet',             # 'imagenet' (7x7/2 + pool) | 'cifar' (3x3/1)
+      stem_stride=1,               # cifar stem: 2 = 3x3/2 (4x cheaper; CPU budgets)
+      sk_ratio=0.0,                # SimCLR v2 selective kernels, e.g. 0.0625
+      pool='avg',                  # h from the last map: 'avg' (global, SimCLR) |
+                                   # 'flatten' (keeps position; small centred images)
+  ))
+
+
+ARCH_KEYS = ('depth', 'stage_sizes', 'block', 'base_width', 'width_multiplier', 'stem',
+             'stem_stride', 'sk_ratio', 'pool')
+
+
+def resolve_architecture(cfg: ml_collections.ConfigDict) -> tuple[tuple[int, ...], str]:
+  """(stage_sizes, block) from depth / stage_sizes / block of config.model.resnet."""
+  depth, block = cfg.depth, cfg.block
+  stage_sizes = tuple(int(n) for n in cfg.stage_sizes)
+  if depth and depth not in DEPTHS:
+    raise ValueError(f'config.model.resnet.depth={depth} is not valid; choose one of '
+                     f'{[0] + sorted(DEPTHS)}.')
+  if not stage_sizes:
+    if not depth:
+      raise ValueError('config.model.resnet.depth=0 needs config.model.resnet.stage_sizes, '
+                       'e.g. --config.model.resnet.stage_sizes="(1, 1)".')
+    stage_sizes = DEPTHS[depth][0]
+  if not block:
+    if not depth:
+      raise ValueError("config.model.resnet.depth=0 needs config.model.resnet.block "
+                       "('basic' | 'bottleneck').")
+    block = DEPTHS[depth][1]
+  if block not in BLOCKS:
+    raise ValueError(f"config.model.resnet.block={block!r}; choose 'basic' or 'bottleneck'.")
+  return stage_sizes, block
+
+
+def _validate(cfg: ml_collections.ConfigDict) -> None:
+  resolve_architecture(cfg)
+  for key, valid in (('stem', STEMS), ('pool', POOLS), ('stem_stride', (1, 2))):
+    if cfg[key] not in valid:
+      raise ValueError(f'config.model.resnet.{key}={cfg[key]!r} is not valid; choose one of '
+                       f'{valid}.')
+
+
+def _build(model_cfg: ml_collections.ConfigDict, conv_cls: Any) -> ResNet:
+  cfg = encoders.section(model_cfg)
+  stage_sizes, block = resolve_architecture(cfg)
+  return ResNet(
+      stage_sizes=stage_sizes, block=block, base_width=cfg.base_width,
+      width_multiplier=cfg.width_multiplier, stem=cfg.stem, stem_stride=cfg.stem_stride,
+      sk_ratio=cfg.sk_ratio, pool=cfg.pool, dtype=encoders.compute_dtype(model_cfg),
+      bn_momentum=model_cfg.bn_momentum, bn_epsilon=model_cfg.bn_epsilon,
+      conv_cls=conv_cls)
+
+
+_STAGE = re.compile(r'stage(\d+)_')
+
+
+def _freeze_level(name: str) -> int | None:
+  """0 for the stem's modules, k for stage k's blocks."""
+  if name.startswith('stem'):
+    return 0
+  match = _STAGE.match(name)
+  return int(match.group(1)) if match else None
+
+
+def _width(model_cfg: ml_collections.ConfigDict) -> int | None:
+  cfg = encoders.section(model_cfg)
+  if cfg.pool != 'avg':
+    return None  # 'flatten': the last map's H x W x C, known from the input only
+  stage_sizes, block = resolve_architecture(cfg)
+  return feature_width(stage_sizes, block, cfg.base_width, cfg.width_multiplier)
+
+
+encoders.ENCODERS.register(encoders.EncoderSpec(
+    name='resnet', defaults=resnet_defaults, build=_build, freeze_level=_freeze_level,
+    freeze_all=4, arch_keys=ARCH_KEYS, validate=_validate, width=_width))

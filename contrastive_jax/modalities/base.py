@@ -1,0 +1,84 @@
+"""What a modality is: everything the trainer, prediction and evaluation need
+to know about one kind of input, so none of them names images or text.
+
+A modality is built per run from the run config and the raw example shape of
+its data (`input_shape`, e.g. (28, 28, 1) for Fashion-MNIST; None, or None
+in the dimensions not known, when only a checkpoint is at hand, as in
+`load_encoder`). It says:
+  - `input_key`: the batch field the data sources fill with raw inputs;
+  - `dummy_input(n)`: model inputs for `model.init`;
+  - `train_views(step, batch, num_views)`: the augmented views of pretraining,
+    [num_views, N, ...], keyed by (config.seed, step, example index, view) so a
+    run is the same on any number of devices;
+  - `train_inputs(step, batch)`: the light augmentation of fine-tuning and
+    distillation, [N, ...];
+  - `eval_inputs(raw)`: the deterministic preprocessing of evaluation and
+    prediction (jittable);
+  - `prepare(raw)`: a user's array as given to `load_encoder(...)(x)` -> model
+    inputs, with a plain error for a shape it cannot take;
+  - `adapt(x)`: another run's model inputs made fit for this network.
+Which modality a run has follows from its data source (each source declares
+one: `contrastive_jax.data.registry`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Optional
+
+import jax
+import ml_collections
+
+from contrastive_jax.registry import Registry
+
+Batch = dict[str, jax.Array]
+
+
+class Modality:
+  name: ClassVar[str] = ''
+  input_key: ClassVar[str] = ''
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               input_shape: Optional[tuple[int, ...]] = None):
+    self.config = config
+    self.input_shape = None if input_shape is None else tuple(
+        None if d is None else int(d) for d in input_shape)
+
+  def dummy_input(self, n: int = 2) -> jax.Array:
+    raise NotImplementedError
+
+  def train_views(self, step: Any, batch: Batch, num_views: int) -> jax.Array:
+    raise NotImplementedError
+
+  def train_inputs(self, step: Any, batch: Batch) -> jax.Array:
+    raise NotImplementedError
+
+  def eval_inputs(self, raw: jax.Array) -> jax.Array:
+    raise NotImplementedError
+
+  def prepare(self, raw: Any) -> jax.Array:
+    raise NotImplementedError
+
+  def adapt(self, x: jax.Array) -> jax.Array:
+    """Another run's model inputs made fit for this one's network (a distillation
+    teacher sees the student's view); jittable."""
+    return x
+
+  def describe(self) -> str:
+    """One line for the log: what the network sees."""
+    return self.name
+
+
+MODALITIES: Registry[type[Modality]] = Registry('modality', 'modality')
+
+
+def modality_name(config: ml_collections.ConfigDict) -> str:
+  """The modality of the run's data source."""
+  from contrastive_jax.data import registry as data_registry  # pylint: disable=g-import-not-at-top
+  return data_registry.get(config.data.source).modality
+
+
+def build(config: ml_collections.ConfigDict,
+          input_shape: Optional[tuple[int, ...]] = None) -> Modality:
+  return MODALITIES.get(modality_name(config))(config, input_shape)
+
+
