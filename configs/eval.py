@@ -27,11 +27,9 @@ given) grid is chosen on the validation carve of train (the run's
 config.data.val_examples, else val_fraction of train), retrained on train +
 val and reported once on test.
 
-Expected on 2 CPU cores after configs/smoke.py (300 steps, online probe
-69.8% test; the README's main job, 2026-12-03): about 15 s without the plots
-(matplotlib not installed; t-SNE of 2000 points took ~20 s more on
-2026-12-01's VM); linear 78.35% top-1 (99.4% top-5; chosen base LR 1.0,
-wd 0, val 77.4%), kNN k=20 76.25%, k=200 71.55% on the 2000 test images.
+After configs/smoke.py (the README's main job) the evaluation takes seconds
+on 2 CPU cores, t-SNE's plot somewhat longer; its figures are in the README's
+Measured table and, run by run, in benchmarks/README.md.
 """
 
 import ml_collections
@@ -70,11 +68,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       optimizer='sgd',              # 'sgd' (momentum) | 'lars' (trust ratio on the kernel)
       momentum=0.9,
       nesterov=False,
-      # The grid must bracket what val chooses. With weight decays up to 1e-3,
-      # all 13 Fashion-MNIST probes of 2026-12-03 chose 1e-3, the edge;
-      # up to 1e-2, the 20-minute checkpoints chose 3e-3 (inside), +0.14 to
-      # +0.16 val and +0.25 to +0.31 test points (benchmarks/NOTES.md,
-      # recipe idea 17). 1e-5 read the same as 0 there and was dropped.
+      # The grid must bracket what val chooses: with weight decays only up to
+      # 1e-3 the Fashion-MNIST probes chose the edge, 1e-3; up to 1e-2 they
+      # choose 3e-3, inside it, and read higher on val and test. 1e-5 reads
+      # the same as 0 and is left out (benchmarks/NOTES.md, "Fashion-MNIST
+      # recipe").
       learning_rates=(0.03, 0.1, 0.3, 1.0, 3.0),  # base rates, chosen on val
       lr_scaling='linear',          # x B / 256 | 'sqrt' | 'none'
       weight_decays=(0.0, 1e-4, 1e-3, 3e-3, 1e-2),  # L2 on the kernel, chosen on val

@@ -6,9 +6,10 @@ r"""SimCLR v1 semi-supervised fine-tuning: the whole network, from h, on 1% / 10
   python -m contrastive_jax.finetune --config=configs/finetune_v1.py:linear \
       --workdir=/tmp/lin --config.init_from=/tmp/cj_smoke
 
-Recipe (SimCLR v1, shared/simclr-recipe.md): Nesterov momentum 0.9, LR 0.05 x B/256
-(0.8 at the paper's batch 4096), no weight decay, no warmup, cosine decay, crop +
-flip only, global BN; 60 epochs over the labelled subset for 1%, 30 for 10%
+Recipe (SimCLR, Chen et al. 2020, appendix B, "Semi-supervised learning via
+fine-tuning"): Nesterov momentum 0.9, LR 0.05 x B/256 (0.8 at the paper's
+batch 4096), no weight decay, no warmup, cosine decay, crop + flip only,
+global BN; 60 epochs over the labelled subset for 1%, 30 for 10%
 (and, our choice, 30 for 100%). The paper's batch is 4096 on ImageNet; the
 default here is 256, which suits the small (embedded / Fashion-MNIST) subsets.
 

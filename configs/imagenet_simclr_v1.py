@@ -8,7 +8,7 @@ LR 0.3 x B/256 (= 4.8), weight decay 1e-6, temperature 0.1, 10 warmup epochs
 then cosine, 2-layer projection head (2048 -> 128), colour strength 1.0 with
 blur, bfloat16 compute. Published linear eval (top-1): 64.5% after 100
 epochs, 69.3% after 1000 (R50 1x); 74.2% (2x), 76.5% (4x): get_config('2x').
-128 TPU v3 cores: about 1.5 h per 100 epochs. Needs tfds `imagenet2012`
+The paper reports about 1.5 h per 100 epochs on 128 TPU v3 cores. Needs tfds `imagenet2012`
 prepared under config.data.data_dir (it cannot be downloaded automatically).
 """
 
@@ -30,11 +30,11 @@ def get_config(arg: str | None = None):
   # Training images arrive letterboxed (longer side 320, data.random_crop_from =
   # 'image'), so the device's crop covers the whole photo as in SimCLR. 320, not
   # 256: a 4:3 photo is then 320 x 240 and a crop of 8% of it still spans ~78 px
-  # before its resize to 224 (SimCLR crops the full-resolution JPEG; the earlier
-  # 256 px central square gave ~72 px). Evaluation: the central square at 320,
+  # before its resize to 224 (SimCLR crops the full-resolution JPEG; a 256 px
+  # central square would give ~72 px). Evaluation: the central square at 320,
   # centre crop 0.875, resize to 224, the same content as SimCLR's eval crop.
-  # Runs started before 2026-12-02 saw the 256 px central square: resume them
-  # with --config.data.host_image_size=256 --config.data.random_crop_from=center_square.
+  # A run pretrained on crops of the 256 px central square resumes on that
+  # input with --config.data.host_image_size=256 --config.data.random_crop_from=center_square.
   config.data.host_image_size = 320
   config.data.test_split = 'validation'
 
@@ -43,8 +43,8 @@ def get_config(arg: str | None = None):
   config.augment.brightness_mode = 'additive'  # v1's brightness
   # The bfloat16 model sees each view rounded to 8 bits of mantissa; the crop's
   # resampling and the blur with the backend's fast matmul (TF32 on a GPU: 10
-  # bits) lose nothing it would see. On an H200, per batch of 256 images: crop
-  # 3.9 -> 2.1 ms, blur ~2.7 -> 1.0 ms (benchmarks/NOTES.md, ideas 42-43).
+  # bits) lose nothing it would see, and on a GPU both run faster than at
+  # 'highest' (benchmarks/NOTES.md, the GPU augmentation profile).
   config.augment.matmul_precision = 'default'
 
   config.model.resnet.depth = 50

@@ -3,7 +3,8 @@
   python -m contrastive_jax.pretrain --config=configs/smoke.py --workdir=/tmp/cj_smoke
 
 Expected on 2 CPU cores: about 2 minutes; the README's main job runs it, then
-the linear-probe/kNN evaluation. Numbers measured here are in the README.
+the linear-probe/kNN evaluation. Its measured figures: the README's Measured
+table, and run by run benchmarks/README.md.
 """
 
 from contrastive_jax import config_defaults

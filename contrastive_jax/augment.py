@@ -15,8 +15,8 @@ One-channel images (Fashion-MNIST) go through the same recipe: saturation and
 hue are skipped (a grayscale image has neither; dm-pix's ops need RGB) and
 grayscale is the identity, so C = 1 stays C = 1. Other channel counts raise.
 
-Recipe reference: ../shared/simclr-recipe.md ("Augmentation"); config keys:
-config_defaults.augment_defaults().
+Recipe: SimCLR (Chen et al. 2020), appendix A, "Data augmentation details";
+config keys: config_defaults.augment_defaults().
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def _draws(key: Array, n: int) -> Array:
 
   Each op(key, ...) below is _op(_draws(key, n), ...), and simclr_view draws
   all its ops' uniforms at once: every separate random call is a threefry
-  kernel that costs ~0.3 s of XLA compile on CPU, for a handful of scalars.
+  kernel with its own XLA compile time on CPU, for a handful of scalars.
   """
   return jax.random.uniform(key, (n,))
 
@@ -209,10 +209,9 @@ def adjust_contrast(image: Array, factor: float | Array) -> Array:
 
   Each channel's mean is a sum over the whole image of a masked copy, not a
   reduce over (H, W) that keeps the channel axis: on a GPU, XLA emits the
-  latter as a reduction over strided columns of 3 at about a tenth of memory
-  speed. For 2 x 256 views of 224 px on an H200 the jitter's six contrast
-  means took 7.7 ms that way, 0.65 ms as whole-image sums, XLA's fast row
-  reductions (benchmarks/NOTES.md, ideas 40-41).
+  latter as a reduction over strided columns of 3, far below memory speed,
+  while whole-image sums are XLA's fast row reductions (benchmarks/NOTES.md,
+  the GPU augmentation profile).
   """
   channel = jax.lax.broadcasted_iota(jnp.int32, image.shape, image.ndim - 1)
   mean = jnp.stack([jnp.sum(jnp.where(channel == i, image, 0.0))
@@ -231,8 +230,8 @@ def adjust_saturation(image: Array, factor: float | Array) -> Array:
   evaluates this op at six positions per image (see _jitter), which made the
   conversions most of its work. Inputs in [0, 1], factor >= 0. The channel
   max and min are elementwise over the 3 channel slices, not reductions: on a
-  GPU a reduce over the size-3 axis broke the jitter's fusions (the whole
-  augmentation went from 12 to 26 ms; benchmarks/NOTES.md, idea 39).
+  GPU a reduce over the size-3 axis breaks the jitter's fusions and slows the
+  whole augmentation down (benchmarks/NOTES.md, the GPU augmentation profile).
   """
   r, g, b = image[..., 0:1], image[..., 1:2], image[..., 2:3]
   value = jnp.maximum(jnp.maximum(r, g), b)
@@ -287,10 +286,11 @@ def gaussian_blur(image: Array, sigma: float | Array, kernel_size: int,
   batched kernel, and that batching rule fails on meshes with Explicit axes
   (jax.make_mesh's default). A band matrix built from per-image taps batches
   as a plain batched matmul. It does 2 x side multiply-adds per pixel, not
-  2 x kernel_size, but on tensor cores: for 2 x 256 views of 224 px on an
-  H200, 0.9-1.0 ms at precision 'default' (TF32) against ~2 ms for shifted
-  sums (the implementation before 2026-12-04, bound by index arithmetic);
-  at 'highest' (float32 on CUDA cores) ~2.7 ms (benchmarks/NOTES.md, idea 42).
+  2 x kernel_size, but on tensor cores: on a GPU, at precision 'default'
+  (TF32) it is faster than shifted sums, which are bound by index arithmetic;
+  at 'highest' (float32 on CUDA cores) it is slower than them. The bfloat16
+  configs use 'default', which loses nothing their model sees
+  (benchmarks/NOTES.md, the GPU augmentation profile).
   precision: 'highest' (full float32) or 'default' (the backend's fast matmul);
   see config.augment.matmul_precision.
   """

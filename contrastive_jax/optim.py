@@ -2,7 +2,8 @@
 
 LARS follows SimCLR: weight decay and the trust ratio apply only to weight
 matrices / conv kernels; BatchNorm parameters, biases and the linear probe or
-classifier head get plain momentum SGD (shared/simclr-recipe.md). SGD and
+classifier head get plain momentum SGD (SimCLR, Chen et al. 2020: its LARS
+excludes BatchNorm, bias and supervised-head variables from both). SGD and
 AdamW decay every weight matrix, the head's included (SimCLR's linear
 evaluation's weight decay is the classifier's); biases and BatchNorm
 parameters never. optax's masks default to "everywhere", so the masks here

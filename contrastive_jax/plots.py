@@ -55,8 +55,8 @@ def tsne_2d(features: np.ndarray, seed: int = 0) -> np.ndarray | None:
   except ImportError:  # an sklearn dependency; absent only in odd installs
     return tsne.fit_transform(x).astype(np.float32)
   # One OpenMP thread: on a busy machine (or next to JAX's own threads) its
-  # spin-waiting threads made 300 points take 40 s instead of 2-6 s; a few
-  # thousand points take seconds on one core.
+  # spin-waiting threads make t-SNE many times slower than one thread, which
+  # embeds a few thousand points in seconds.
   with threadpool_limits(limits=1):
     return tsne.fit_transform(x).astype(np.float32)
 
