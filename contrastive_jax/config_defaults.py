@@ -158,7 +158,9 @@ def validate(config: ml_collections.ConfigDict,
     raise ValueError(f"config.mode={config.mode!r} is now config.method (and the method's "
                      f"keys live in config.{config.mode}); write --config.method="
                      f"{config.mode}, or pass the config through config_migration.migrate().")
-  for key, valid in {**_registry_choices(config), **(choices or CHOICES)}.items():
+  if choices is None:
+    choices = {**_registry_choices(config), **CHOICES}
+  for key, valid in choices.items():
     try:
       value = _get(config, key)
     except (KeyError, AttributeError):

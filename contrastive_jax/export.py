@@ -114,13 +114,14 @@ class Encoder:
 
 
 def _input_shape(variables: dict[str, Any]) -> Optional[tuple[int, ...]]:
-  """What the checkpoint says of the input: the channel count, from the
-  encoder's first convolution kernel [kh, kw, C_in, C_out], as (None, None, C);
-  None when it has no convolution."""
-  for leaf in jax.tree.leaves(variables.get('params', {}).get('encoder', {})):
-    if np.ndim(leaf) == 4:
-      return (None, None, int(np.shape(leaf)[-2]))
-  return None
+  """What the checkpoint says of the input: the channel count, the fewest
+  input channels of the encoder's convolution kernels [kh, kw, C_in, C_out]
+  (the first convolution's), as (None, None, C); None without convolutions."""
+  kernels = [l for l in jax.tree.leaves(variables.get('params', {}).get('encoder', {}))
+             if np.ndim(l) == 4]
+  if not kernels:
+    return None
+  return (None, None, min(int(np.shape(k)[-2]) for k in kernels))
 
 
 def load_encoder(workdir: str, step: Optional[int] = None) -> Encoder:

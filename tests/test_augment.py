@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from contrastive_jax import augment, config_defaults, finetune, train
+from contrastive_jax import augment, config_defaults, modalities
 
 OUT = 16
 
@@ -373,17 +373,19 @@ def test_letterboxed_crops_stay_inside_the_extent():
   padded = np.concatenate([pictures, np.repeat(pictures[:, -1:], 12, axis=1)], axis=1)
   extents = np.tile(np.int32([12, 24]), (n, 1))
   cfg = _cfg(**FULL)
-  config = ml_collections.ConfigDict(dict(seed=3, augment=cfg))
+  config = ml_collections.ConfigDict(dict(seed=3, augment=cfg,
+                                          data=dict(source='embedded', image_size=OUT)))
 
   @jax.jit
   def run(padded, extents, pictures):
     idx = jnp.arange(n)
     batch = dict(index=idx, image=padded, extent=extents)
     # What the pretrain and fine-tune steps feed their networks.
-    return (train.batch_views(config, OUT, 1, batch),
+    modality = modalities.build(config, (24, 24, 3))
+    return (modality.train_views(1, batch, 2),
             augment.pretrain_views(3, 1, idx, pictures, cfg, OUT),
             augment.pretrain_views(3, 1, idx, padded, cfg, OUT),
-            finetune.batch_inputs(config, OUT, 1, batch),
+            modality.train_inputs(1, batch),
             augment.finetune_batch(3, 1, idx, pictures, cfg, OUT))
 
   inside, alone, whole_array, ft_inside, ft_alone = (

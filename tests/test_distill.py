@@ -81,17 +81,17 @@ def test_results_file_and_student_architecture(student_run, teacher_dir):
   assert results['teacher_test_top1'] == pytest.approx(teacher_top1['test_top1'], abs=1e-3)
   # model_from='teacher' with init_from set: the pretrain run's (= the teacher's) network.
   student = export.load_classifier(workdir)
-  assert tuple(student.config.model.stage_sizes) == (1, 1)
+  assert tuple(student.config.model.resnet.stage_sizes) == (1, 1)
   assert student.num_classes == 10
 
 
 def test_resolve_config_picks_the_student_architecture(pretrain_dir, teacher_dir):
   config = distill_config(teacher_dir, '')
-  assert distill.resolve_config(config).model.base_width == 8          # the teacher's
+  assert distill.resolve_config(config).model.resnet.base_width == 8          # the teacher's
   config.model_from = ''
-  config.model.depth, config.model.stage_sizes, config.model.base_width = 0, (1,), 4
-  config.model.block = 'basic'
-  assert distill.resolve_config(config).model.base_width == 4          # config.model
+  config.model.resnet.depth, config.model.resnet.stage_sizes, config.model.resnet.base_width = 0, (1,), 4
+  config.model.resnet.block = 'basic'
+  assert distill.resolve_config(config).model.resnet.base_width == 4          # config.model
   config.teacher = ''
   with pytest.raises(ValueError, match='config.teacher'):
     distill.resolve_config(config)
@@ -104,10 +104,11 @@ def test_objective_mixes_distillation_and_labelled_cross_entropy():
       model=types.SimpleNamespace(apply=lambda variables, x, train: teacher_logits))
   batch = {'label': jnp.arange(6) % 10, 'labelled': jnp.array([1, 0, 1, 0, 0, 0], bool)}
   x = jnp.zeros((6, 8, 8, 1))
-  pure = distill.make_objective(teacher, 8, 8, 2.0, 0.0)(student, batch, x, None)[0]
+  same_size = types.SimpleNamespace(adapt=lambda x: x)   # the teacher's modality
+  pure = distill.make_objective(teacher, same_size, 2.0, 0.0)(student, batch, x, None)[0]
   np.testing.assert_allclose(pure, losses.distillation_loss(student, teacher_logits,
                                                             temperature=2.0), rtol=1e-6)
-  loss, metrics = distill.make_objective(teacher, 8, 8, 2.0, 0.25)(student, batch, x, None)
+  loss, metrics = distill.make_objective(teacher, same_size, 2.0, 0.25)(student, batch, x, None)
   ce, _ = losses.softmax_cross_entropy(student, batch['label'], mask=batch['labelled'])
   np.testing.assert_allclose(loss, 0.75 * pure + 0.25 * ce, rtol=1e-6)
   assert int(metrics['labelled_rows']) == 2

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import pytest
 
-from contrastive_jax import checkpoint, eval as eval_lib, export, parallel, plots, train
+from contrastive_jax import checkpoint, eval as eval_lib, export, modalities, parallel, plots, train
 from contrastive_jax.data import pipeline, sources
 from tests.helpers import REPO, load_config, set_keys
 
@@ -292,12 +292,13 @@ def test_features_are_the_same_on_1_and_8_devices(pretrain_dir, idx_dir):
   with checkpoint.Checkpointer(os.path.join(pretrain_dir, 'checkpoints'), read_only=True) as c:
     state, extra = c.restore(6)
   assert extra['total_steps'] == 6
-  module, variables = eval_lib.feature_model(run_config.model, state)
   test = sources.load_idx(idx_dir, 'test')
+  modality = modalities.build(run_config, test.input_shape)
+  module, variables = eval_lib.feature_model(run_config.model, state, modality)
   feats = {}
   for n in (1, 8):
     mesh = parallel.make_mesh(jax.devices()[:n])
-    predict = train.make_predict_fn(module, mesh, 16)
+    predict = train.make_predict_fn(module, mesh, modality)
     batches = pipeline.eval_batches(test, 64)
     feats[n] = eval_lib.extract_features(predict, parallel.replicate(variables, mesh),
                                          batches, 'proj_1', mesh)
@@ -361,7 +362,7 @@ def test_flattened_h_is_only_evaluated_at_its_pretraining_size(pretrain_dir):
   run = export.read_config(pretrain_dir)
   trained = run.data.image_size
   eval_lib.check_input_size(run, trained + 4)  # average pooling takes any size
-  run.model.pool = 'flatten'
+  run.model.resnet.pool = 'flatten'
   eval_lib.check_input_size(run, trained)
   with pytest.raises(ValueError, match=f"pool='flatten'.*only takes {trained} px"):
     eval_lib.check_input_size(run, trained + 4)

@@ -10,11 +10,14 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from contrastive_jax import config_defaults, export, finetune, metrics_io
+from contrastive_jax import (classification, config_defaults, export, finetune, metrics_io,
+                             models, train)
 from contrastive_jax.data import pipeline
+from contrastive_jax.models import HEAD_ARCH_KEYS, resnet
 from contrastive_jax.models import classifier as classifier_lib
 from contrastive_jax.models import tiny_model_config
 from tests.helpers import load_config, set_keys
@@ -74,7 +77,7 @@ def test_label_subset_saved_reused_balanced_and_disjoint_from_val(tmp_path):
   config = ft_config('', labels_per_class=0, label_fraction=0.1)
   train = pipeline.load_split(config.data, 'train')
   val = pipeline.load_split(config.data, 'val')
-  positions = finetune.label_subset(config, train, str(tmp_path))
+  positions = classification.label_subset(config, train, str(tmp_path))
   saved = json.loads((tmp_path / finetune.LABEL_SUBSET_FILE).read_text())
 
   assert saved == train.example_ids()[positions].tolist()
@@ -84,19 +87,19 @@ def test_label_subset_saved_reused_balanced_and_disjoint_from_val(tmp_path):
   assert not set(saved) & set(val.example_ids().tolist())           # not in the val carve
   assert set(saved) <= set(train.example_ids().tolist())            # train, never test
   # Deterministic for a seed; another label_seed draws another subset.
-  again = finetune.label_subset(config, train, str(tmp_path / 'again'))
+  again = classification.label_subset(config, train, str(tmp_path / 'again'))
   np.testing.assert_array_equal(again, positions)
   config.label_seed = 1
-  other = finetune.label_subset(config, train, str(tmp_path / 'other'))
+  other = classification.label_subset(config, train, str(tmp_path / 'other'))
   assert set(other.tolist()) != set(positions.tolist())
 
   # An existing file wins over the config: it is what the run trained on.
   (tmp_path / finetune.LABEL_SUBSET_FILE).write_text(json.dumps(saved[:30]))
-  reused = finetune.label_subset(config, train, str(tmp_path))
+  reused = classification.label_subset(config, train, str(tmp_path))
   assert train.example_ids()[reused].tolist() == sorted(saved[:30])
   (tmp_path / finetune.LABEL_SUBSET_FILE).write_text(json.dumps([10 ** 9]))
   with pytest.raises(ValueError, match='not in the training split'):
-    finetune.label_subset(config, train, str(tmp_path))
+    classification.label_subset(config, train, str(tmp_path))
 
 
 # --- Model -----------------------------------------------------------------------
@@ -128,23 +131,27 @@ def test_ft_proj_selector_sets_the_classifier_input_width():
 
 def test_the_architecture_comes_from_the_pretrain_run(tmp_path):
   run_model = tiny_model_config()
-  run_model.update(dict(stage_sizes=(1, 1, 1), base_width=4, stem_stride=2, pool='flatten',
-                        proj_hidden_dim=32, dtype='bfloat16'))
+  run_model.resnet.update(dict(stage_sizes=(1, 1, 1), base_width=4, stem_stride=2,
+                               pool='flatten'))
+  run_model.update(dict(proj_hidden_dim=32, dtype='bfloat16'))
   (tmp_path / 'config.json').write_text(json.dumps({'model': run_model.to_dict()}))
-  config = finetune.resolve_config(ft_config(str(tmp_path)))
-  for key in finetune.ARCH_KEYS:
+  config = classification.resolve_config(ft_config(str(tmp_path)))
+  for key in resnet.ARCH_KEYS:
+    assert config.model.resnet[key] == run_model.resnet[key], key
+  for key in HEAD_ARCH_KEYS:
     assert config.model[key] == run_model[key], key
-  assert config.model.dtype == 'float32'   # the fine-tune's own, not an ARCH_KEY
+  assert config.model.dtype == 'float32'   # the fine-tune's own, not an arch key
 
 
 def test_restored_encoder_equals_the_pretrain_checkpoint(pretrain_dir):
-  config = finetune.resolve_config(ft_config(pretrain_dir, ft_proj_selector=1))
+  config = classification.resolve_config(ft_config(pretrain_dir, ft_proj_selector=1))
   mesh = jax.make_mesh((8,), ('data',))
-  model = finetune.build_model(config, 10)
-  tx, _ = finetune.build_optimizer(config, total_steps=10, warmup_steps=0)
-  state, step = finetune.create_state(config, model, tx, mesh, (16, 16, 1))
+  model = classification.build_model(config, 10)
+  tx, _ = classification.build_optimizer(config, total_steps=10, warmup_steps=0)
+  state = train.init_state(model, tx, seed=0, dummy_input=jnp.zeros((2, 16, 16, 1)), mesh=mesh)
+  state = classification.copy_pretrained(state, config, tx, mesh)
   pre = export.load_pretrained(pretrain_dir)
-  assert step == pre.step == 6
+  assert pre.step == 6
   for collection, mine in (('params', state.params), ('batch_stats', state.batch_stats)):
     theirs = pre.variables[collection]
     _assert_trees_equal(mine['encoder'], theirs['encoder'])
@@ -152,7 +159,7 @@ def test_restored_encoder_equals_the_pretrain_checkpoint(pretrain_dir):
     for layer in mine['head']:
       _assert_trees_equal(mine['head'][layer], theirs['head'][layer])
   # The architecture came from the pretrain run's config.json, not the defaults (R50).
-  assert tuple(config.model.stage_sizes) == (1, 1) and config.model.base_width == 8
+  assert tuple(config.model.resnet.stage_sizes) == (1, 1) and config.model.resnet.base_width == 8
   # zero_init: the classifier starts at zero logits.
   assert not np.any(np.asarray(state.params['classifier']['dense']['kernel']))
 
@@ -174,7 +181,9 @@ def test_frozen_labels_follow_fine_tune_after_block():
   names = [('encoder', 'stem_conv', 'kernel'), ('encoder', 'stage1_block1', 'conv1', 'kernel'),
            ('encoder', 'stage2_block1', 'bn2', 'scale'), ('head', 'dense1', 'kernel'),
            ('classifier', 'dense', 'kernel')]
-  frozen = {k: [classifier_lib.is_frozen(n, k) for n in names] for k in (-1, 0, 1, 2, 4)}
+  spec = models.ENCODERS.get('resnet')
+  frozen = {k: [classifier_lib.is_frozen(n, k, spec.freeze_level, spec.freeze_all)
+                for n in names] for k in (-1, 0, 1, 2, 4)}
   assert frozen == {-1: [False] * 5,
                     0: [True, False, False, False, False],
                     1: [True, True, False, False, False],

@@ -17,8 +17,8 @@ from tests.helpers import load_config, set_keys
 tfds = pytest.importorskip('tensorflow_datasets')
 
 TRAIN, TEST, CLASSES = 72, 16, 3  # 72 / 16: each epoch drops a tail of 8
-TINY_MODEL = {'model.depth': 0, 'model.block': 'basic', 'model.stage_sizes': (1, 1),
-              'model.base_width': 8, 'model.proj_dim': 16}
+TINY_MODEL = {'model.resnet.depth': 0, 'model.resnet.block': 'basic', 'model.resnet.stage_sizes': (1, 1),
+              'model.resnet.base_width': 8, 'model.proj_dim': 16}
 
 
 @pytest.fixture(scope='module')

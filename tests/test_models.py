@@ -49,16 +49,19 @@ def _random_variables(module, x_shape, seed=0):
   return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
-def _cfg(**overrides):
-  cfg = config_defaults.model_defaults()
-  cfg.update(overrides)
+def _set(cfg, overrides):
+  """ResNet keys go to config.model.resnet, the rest to config.model."""
+  for key, value in overrides.items():
+    (cfg.resnet if key in resnet.ARCH_KEYS else cfg)[key] = value
   return cfg
+
+
+def _cfg(**overrides):
+  return _set(config_defaults.model_defaults(), overrides)
 
 
 def _tiny(**overrides):
-  cfg = models.tiny_model_config()
-  cfg.update(overrides)
-  return cfg
+  return _set(models.tiny_model_config(), overrides)
 
 
 def _images(n=4, side=8, seed=1):
@@ -256,7 +259,7 @@ def test_selective_kernel_structure_and_param_count():
         assert enc['stem_conv2']['kernel'].shape == (3, 3, 4, 4)
         assert enc['stem_conv3']['kernel'].shape == (3, 3, 4, 8)
         sk_params = enc['stage2_block1']['sk']
-        w = cfg.base_width * 2
+        w = cfg.resnet.base_width * 2
         k = sk_params['conv']['kernel'].shape
         assert k[:2] == (3, 3) and k[3] == 2 * w  # both streams in one conv
         assert sk_params['fc1']['kernel'].shape == (1, 1, w, 32)  # max(w * sk, 32)
@@ -476,30 +479,32 @@ def test_batchnorm_stats_are_global_over_sharded_batch():
 
 
 def test_build_config_resolution_and_errors():
-  assert models.resolve_architecture(_cfg(depth=101)) == ((3, 4, 23, 3), 'bottleneck')
-  resolve = lambda **kw: models.resolve_architecture(_cfg(**kw))
+  assert models.resolve_architecture(_cfg(depth=101).resnet) == ((3, 4, 23, 3), 'bottleneck')
+  resolve = lambda **kw: models.resolve_architecture(_cfg(**kw).resnet)
   assert resolve(depth=18, stage_sizes=(1, 1)) == ((1, 1), 'basic')
   assert resolve(depth=50, block='basic') == ((3, 4, 6, 3), 'basic')
   enc = models.build_encoder(_cfg(depth=34, width_multiplier=2, dtype='bfloat16'))
   assert enc.stage_sizes == (3, 4, 6, 3) and enc.block == 'basic'
   assert enc.width_multiplier == 2 and enc.dtype == jnp.bfloat16
   with pytest.raises(ValueError, match='stage_sizes'):
-    models.resolve_architecture(_cfg(depth=0))
+    models.resolve_architecture(_cfg(depth=0).resnet)
   with pytest.raises(ValueError, match='block'):
-    models.resolve_architecture(_cfg(depth=0, stage_sizes=(1,)))
+    models.resolve_architecture(_cfg(depth=0, stage_sizes=(1,)).resnet)
   with pytest.raises(ValueError, match='depth'):
-    models.resolve_architecture(_cfg(depth=42))
+    models.resolve_architecture(_cfg(depth=42).resnet)
   with pytest.raises(ValueError, match='dtype'):
     models.build_encoder(_cfg(dtype='float16'))
   # conv_xla_wgrad_below reaches the CPU conv (configs/fashion_mnist.py sets it).
-  enc = models.build_encoder(_cfg(depth=18, conv='fast', conv_xla_wgrad_below=16))
+  kernels = ml_collections.ConfigDict(dict(conv='fast', conv_xla_wgrad_below=16))
+  enc = models.build_encoder(_cfg(depth=18), kernels_cfg=kernels)
   assert enc.conv_cls.keywords['conv_general_dilated'].keywords == {'xla_wgrad_below': 16}
   with pytest.raises(ValueError, match='conv_xla_wgrad_below'):
     config_defaults.validate(ml_collections.ConfigDict(
-        {'model': _cfg(conv_xla_wgrad_below=-1)}))
+        {'kernels': dict(conv='fast', conv_xla_wgrad_below=-1)}))
   tiny = models.tiny_model_config()
   assert set(tiny) == set(config_defaults.model_defaults())
-  assert (tiny.depth, tuple(tiny.stage_sizes), tiny.block, tiny.base_width, tiny.stem,
+  r = tiny.resnet
+  assert (r.depth, tuple(r.stage_sizes), r.block, r.base_width, r.stem,
           tiny.num_proj_layers, tiny.proj_dim) == (0, (1, 1), 'basic', 8, 'cifar', 2, 16)
 
 
@@ -515,7 +520,7 @@ def test_cifar_stem_stride_two_halves_the_feature_maps():
   cfg = tiny_model_config()
   shapes = {}
   for stride in (1, 2):
-    cfg.stem_stride = stride
+    cfg.resnet.stem_stride = stride
     enc = build_encoder(cfg)
     x = jnp.zeros((2, 28, 28, 1))
     _, state = jax.eval_shape(

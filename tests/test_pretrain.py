@@ -193,7 +193,7 @@ def test_a_rerun_with_a_config_that_does_not_fit_keeps_the_runs_config(runs, tmp
   shutil.copytree(runs[1], workdir)
   with open(os.path.join(workdir, 'config.json')) as f:
     before = f.read()
-  proc = subprocess.run(_args(workdir, '--config.model.base_width=16'), env=_env(1), cwd=REPO,
+  proc = subprocess.run(_args(workdir, '--config.model.resnet.base_width=16'), env=_env(1), cwd=REPO,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0
   assert 'does not fit the state this run builds' in proc.stderr, proc.stderr[-3000:]
@@ -202,9 +202,9 @@ def test_a_rerun_with_a_config_that_does_not_fit_keeps_the_runs_config(runs, tmp
 
 
 def test_invalid_config_value_fails_before_compiling(tmp_path):
-  proc = subprocess.run(_args(str(tmp_path / 'bad'), '--config.model.stem=resnet_d'),
+  proc = subprocess.run(_args(str(tmp_path / 'bad'), '--config.model.resnet.stem=resnet_d'),
                         env=_env(1), cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
-  assert "config.model.stem='resnet_d' is not valid" in proc.stderr
+  assert "config.model.resnet.stem='resnet_d' is not valid" in proc.stderr
   assert "'imagenet', 'cifar'" in proc.stderr
 

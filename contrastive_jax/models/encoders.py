@@ -56,6 +56,11 @@ def spec(model_cfg: ml_collections.ConfigDict) -> EncoderSpec:
 def section(model_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """config.model.<name>: the encoder's own keys (its defaults when absent)."""
   s = spec(model_cfg)
+  stray = [k for k in s.arch_keys if k in model_cfg]
+  if stray:
+    raise ValueError(f'config.model.{stray[0]} is a key of the {s.name!r} encoder: set '
+                     f'config.model.{s.name}.{stray[0]} (config_migration.migrate moves '
+                     'keys of the older flat layout for you).')
   found = model_cfg.get(s.name)
   return found if found is not None else s.defaults()
 
