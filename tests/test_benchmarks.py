@@ -120,7 +120,7 @@ def test_throughput_quick(tmp_path):
 
 
 def test_time_interleaved_records_page_faults_of_each_call():
-  throughput = _bench_module('throughput')
+  timing = _bench_module('timing')
   import numpy as np  # pylint: disable=g-import-not-at-top
   kept = []
 
@@ -133,13 +133,13 @@ def test_time_interleaved_records_page_faults_of_each_call():
     return kept[-1][:1]
 
   usage = [[], []]
-  times = throughput.time_interleaved([fresh_64mb, reuse], steps=3, warmup=0, usage=usage)
+  times = timing.time_interleaved([fresh_64mb, reuse], steps=3, warmup=0, usage=usage)
   assert [len(t) for t in times] == [3, 3] and [len(u) for u in usage] == [3, 3]
   assert all(faults >= 32 and sys_s >= 0 for faults, sys_s in usage[0]), usage
   assert max(f for f, _ in usage[1]) < min(f for f, _ in usage[0]), usage
-  medians = throughput.usage_medians(usage[0])
+  medians = timing.usage_medians(usage[0])
   assert medians['page_faults'] == sorted(f for f, _ in usage[0])[1]
-  assert throughput.usage_medians([]) == {}
+  assert timing.usage_medians([]) == {}
 
 
 def test_throughput_config_overrides():
@@ -158,17 +158,17 @@ def test_throughput_config_overrides():
 
 def test_bfloat16_matmul_peak_is_the_faster_of_both_outputs():
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  throughput = _bench_module('throughput')
-  burst, forms, flops = throughput.matmul_burst(jnp.bfloat16, 64, calls=2)
+  timing = _bench_module('timing')
+  burst, forms, flops = timing.matmul_burst(jnp.bfloat16, 64, calls=2)
   for _ in range(3):
     burst()
   assert flops == 2.0 * 64 ** 3 and sorted(forms) == ['bfloat16 out', 'float32 out']
   assert [len(ts) for ts in forms.values()] == [3, 3]
   # Each burst's peak is its fastest form (on a CPU with AVX512-BF16, XLA:CPU ran
   # bf16 -> f32 at ~2x bf16 -> bf16).
-  seconds = throughput.fastest_per_burst(forms)
+  seconds = timing.fastest_per_burst(forms)
   assert seconds == [min(forms['bfloat16 out'][i], forms['float32 out'][i]) for i in range(3)]
-  _, forms32, _ = throughput.matmul_burst(jnp.float32, 64, calls=2)
+  _, forms32, _ = timing.matmul_burst(jnp.float32, 64, calls=2)
   assert list(forms32) == ['float32 out']
 
 
