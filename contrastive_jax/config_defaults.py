@@ -60,7 +60,13 @@ def data_defaults() -> ml_collections.ConfigDict:
       name='fashion_mnist',        # tfds name for source='tfds'
       data_dir='',                 # tfds data_dir ('' = tfds default)
       idx_dir='/usr/share/datasets/fashion-mnist',  # source='idx'
-      folder='',                   # source='folder'
+      folder='',                   # source='folder': FOLDER/<class>/ (flat) or
+                                   # FOLDER/<train_split>/<class>/ and <test_split>/
+      test_examples=0,             # source='folder' without FOLDER/<test_split>/: test
+                                   # images carved from the folder (class-balanced,
+                                   # fixed seed); 0 = 10% of it
+      skip_bad_files=False,        # source='folder': leave out images that cannot be
+                                   # read (their count is logged) instead of failing
       train_split='train',
       test_split='test',
       val_examples=0,              # carved from the end of train (balanced); 0 = none
