@@ -100,16 +100,16 @@ def make_naive_step(config, dtype: Any, out_size: int, channels: int,
 
   The network's shape comes from config.model (depth or stage_sizes, block,
   base_width, stem, proj_dim); the LARS rate is 0.3 x config.batch_size / 256;
-  the loss uses config.temperature. `augment_input` is 'project' (the two views
+  the loss uses config.simclr.temperature. `augment_input` is 'project' (the two views
   of augment.pretrain_views under config.augment and config.seed) or 'none'.
   step(state, batch) -> (state, loss) takes the batch dict of the project step
   ('image' uint8 [N, H, W, C], 'index') and donates its state.
   """
   from contrastive_jax.models import resolve_architecture  # pylint: disable=g-import-not-at-top
-  stage_sizes, block = resolve_architecture(config.model)
+  stage_sizes, block = resolve_architecture(config.model.resnet)
   model = NaiveSimCLR(stage_sizes=stage_sizes, bottleneck=block == 'bottleneck',
-                      width=config.model.base_width,
-                      cifar_stem=config.model.stem == 'cifar',
+                      width=config.model.resnet.base_width,
+                      cifar_stem=config.model.resnet.stem == 'cifar',
                       dtype=dtype, proj_dim=config.model.proj_dim)
   tx = optax.lars(0.3 * config.batch_size / 256, weight_decay=1e-6, momentum=0.9)
   variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0),
@@ -134,7 +134,7 @@ def make_naive_step(config, dtype: Any, out_size: int, channels: int,
       z, mutated = model.apply({'params': params, 'batch_stats': batch_stats}, x,
                                train=True, mutable=['batch_stats'])
       z1, z2 = jnp.split(z, 2)
-      return naive_nt_xent(z1, z2, config.temperature), mutated['batch_stats']
+      return naive_nt_xent(z1, z2, config.simclr.temperature), mutated['batch_stats']
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)

@@ -2,7 +2,7 @@ r"""Representation quality per CPU minute: pretrain for a wall-clock budget, the
 
   python benchmarks/quality.py --budget-minutes 20            # one budget
   python benchmarks/quality.py --budgets 5,20 --out /tmp/q    # several, plus the plot
-  python benchmarks/quality.py --steps 3200 --skip-baselines --set temperature=0.5
+  python benchmarks/quality.py --steps 3200 --skip-baselines --set simclr.temperature=0.5
                                                               # a recipe at a fixed step count
   python benchmarks/quality.py --quick                        # CI: embedded data, seconds
 

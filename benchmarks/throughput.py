@@ -65,7 +65,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from contrastive_jax import config_defaults, optim, parallel, train
+from contrastive_jax import config_defaults, methods, modalities, optim, parallel, train
 from contrastive_jax.kernels import xla_cpu
 
 # The sibling modules (timing, naive_step, trace_summary, torch_reference),
@@ -89,10 +89,10 @@ def model_config(model: str, image_size: int, dtype: str):
   """
   cfg = config_defaults.model_defaults()
   if model == 'tiny':
-    cfg.update(dict(depth=0, stage_sizes=(1, 1), block='basic', base_width=8))
+    cfg.resnet.update(dict(depth=0, stage_sizes=(1, 1), block='basic', base_width=8))
   else:
-    cfg.depth = {'resnet18': 18, 'resnet50': 50}[model]
-  cfg.stem = 'cifar' if image_size <= 64 else 'imagenet'
+    cfg.resnet.depth = {'resnet18': 18, 'resnet50': 50}[model]
+  cfg.resnet.stem = 'cifar' if image_size <= 64 else 'imagenet'
   cfg.dtype = dtype
   return cfg
 
@@ -206,10 +206,14 @@ def build_project_step(config, mesh, image_shape: tuple[int, int, int], conv_cls
   tx, schedule = optim.build_optimizer(config.optim, batch_size=global_batch,
                                        total_steps=1000, warmup_steps=10)
 
+  method = methods.build(config)
+  modality = modalities.build(config, image_shape)
+
   def init():
-    return train.init_state(model, tx, seed=config.seed, image_shape=image_shape, mesh=mesh)
+    return train.init_state(model, tx, seed=config.seed, dummy_input=modality.dummy_input(),
+                            mesh=mesh)
   state = jax.eval_shape(init) if abstract_state else init()
-  step_fn = train.make_pretrain_step(model, tx, schedule, config, mesh, image_shape[0])
+  step_fn = train.make_pretrain_step(model, tx, schedule, method, modality, mesh)
   return step_fn, state
 # End of the contrastive_jax training API.
 # ============================================================================
@@ -273,8 +277,10 @@ def time_augment(name: str, aug_cfg: Any, config: Any, batch: dict[str, jax.Arra
   also returns the timed call and the compiled executable."""
   view_cfg = config.copy_and_resolve_references()
   view_cfg.augment = aug_cfg
+  view_cfg.data.image_size = out_size
+  modality = modalities.build(view_cfg, tuple(batch['image'].shape[1:]))
   compiled, compile_s, flops, src = timing.compile_timed(
-      train.make_view_fn(view_cfg, out_size), jnp.zeros((), jnp.int32), batch,
+      train.make_view_fn(modality, 2), jnp.zeros((), jnp.int32), batch,
       num_devices=num_devices)
   counter = [0]
 
@@ -311,7 +317,7 @@ def torch_steps(args: argparse.Namespace, config, batch: dict[str, jax.Array],
              ('channels_last',) if args.torch == 'channels_last' else ('channels_first',))
   images = np.asarray(jax.device_get(batch['image']))
   steps = [torch_reference.make_step(
-      images, model=args.model, image_size=args.image_size, temperature=config.temperature,
+      images, model=args.model, image_size=args.image_size, temperature=config.simclr.temperature,
       lr=0.3 * global_batch / 256, jitter_strength=config.augment.jitter_strength,
       blur_prob=config.augment.blur_prob, min_scale=config.augment.crop_area_min,
       memory_format=fmt, seed=config.seed) for fmt in formats]

@@ -12,6 +12,16 @@ A checkpoint step directory holds two items:
 Layout: DIRECTORY/<step>/{state,extra}; only finalized (committed) steps are
 ever listed, so a reader never sees a half-written checkpoint.
 
+Integrity: once a step is committed, the writer records the SHA-256 of every
+file in it (DIRECTORY/<step>/checksums.sha256.json), and `restore_latest_intact`
+checks them before restoring: a newest step that is damaged (a flipped byte, a
+truncated or missing file, an empty directory) or that orbax cannot read is
+set aside, renamed into WORKDIR/checkpoints_damaged/ with a warning, never
+deleted, and the previous intact step is used. Keep-K is done here, not by
+orbax: after the checksums are written, so the newest verified step is never
+the one deleted, and a step is deleted by renaming it out of the listing
+first, so a kill in the middle never leaves a half-deleted step listed.
+
 Usage (trainer):
   ckpt = Checkpointer(workdir + '/checkpoints', max_to_keep=config.keep_checkpoints)
   if ckpt.latest_step() is not None:
@@ -29,9 +39,13 @@ Usage (continuous evaluator, never writes):
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import shutil
 import time
+import weakref
 from typing import Any, Mapping
 
 import jax
@@ -133,6 +147,8 @@ class Checkpointer:
                read_only: bool = False):
     self.directory = _resolve(directory)
     self.read_only = read_only
+    self.max_to_keep = max_to_keep
+    self._pending: list[int] = []   # saved by this writer, checksums not yet written
     if read_only:
       # Options orbax would otherwise reset (with a warning) for a reader; no
       # async machinery either: a reader has nothing to write.
@@ -144,7 +160,7 @@ class Checkpointer:
         raise ValueError(f'max_to_keep={max_to_keep} must be >= 1 (or None = '
                          'keep all); see config.keep_checkpoints.')
       options = ocp.CheckpointManagerOptions(
-          max_to_keep=max_to_keep,
+          max_to_keep=None,   # keep-K is _apply_keep, after the checksums
           save_interval_steps=save_interval_steps,
           enable_async_checkpointing=async_save,
           create=True,
@@ -153,6 +169,7 @@ class Checkpointer:
           cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, handler_registry=_handler_registry())
+    _OPEN.add(self)
 
   # -- Queries ----------------------------------------------------------------
 
@@ -196,6 +213,11 @@ class Checkpointer:
       extra = metrics_io.to_json_types(dict(extra or {}), strict=True)
     except TypeError as e:
       raise TypeError(f'Checkpoint `extra` must be JSON-serialisable: {e}') from e
+    if not force and not self._manager.should_save(step):
+      return False
+    self._manager.wait_until_finished()   # the previous save: checksum it, apply keep-K
+    self._finish_pending()
+    self._pending.append(step)
     return bool(self._manager.save(
         step,
         args=ocp.args.Composite(**{
@@ -205,12 +227,117 @@ class Checkpointer:
         force=force))
 
   def wait(self) -> None:
-    """Blocks until any in-flight asynchronous save is committed."""
+    """Blocks until any in-flight asynchronous save is committed (and checksummed)."""
     self._manager.wait_until_finished()
+    self._finish_pending()
 
   def close(self) -> None:
     """Waits for in-flight saves and deletions, then releases orbax threads."""
-    self._manager.close()
+    _OPEN.discard(self)
+    try:
+      if not self.read_only:
+        self._manager.wait_until_finished()
+        self._finish_pending()
+    finally:
+      self._manager.close()
+
+  # -- Integrity ----------------------------------------------------------------
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(int(step)))
+
+  def _finish_pending(self) -> None:
+    """Checksums the committed steps this writer saved, then keep-K."""
+    pending, self._pending = self._pending, []
+    committed = set(self._manager.all_steps())
+    for step in pending:
+      if step in committed and _is_primary() and not _is_remote(self.directory):
+        write_checksums(self.step_dir(step))
+    self._apply_keep()
+
+  def _apply_keep(self) -> None:
+    """Deletes all but the newest max_to_keep steps, never the newest verified one."""
+    if self.max_to_keep is None or not _is_primary() or _is_remote(self.directory):
+      return
+    steps = sorted(self._manager.all_steps())
+    keep = set(steps[-self.max_to_keep:])
+    verified = [s for s in steps if verify_checksums(self.step_dir(s))[0]]
+    if verified:
+      keep.add(verified[-1])
+    for step in steps:
+      if step not in keep:
+        _delete_step_dir(self.step_dir(step))
+    if len(keep) < len(steps):
+      self._manager.reload()
+
+  def set_aside(self, step: int, reason: str) -> str:
+    """Moves a damaged step out of the listing (never deletes it); returns where."""
+    damaged = os.path.join(os.path.dirname(self.directory), DAMAGED_DIR)
+    os.makedirs(damaged, exist_ok=True)
+    target = os.path.join(damaged, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    if _is_primary():
+      os.rename(self.step_dir(step), target)
+    logging.warning('Checkpoint step %d in %s is damaged (%s); set aside as %s, using the '
+                    'previous step.', step, self.directory, reason, target)
+    self._manager.reload()
+    return target
+
+  def _readable(self, step: int) -> bool:
+    """Whether the step restores as host arrays in its own structure."""
+    try:
+      self.restore(step)
+      return True
+    except Exception:  # pylint: disable=broad-except
+      return False
+
+  def latest_intact_step(self) -> int | None:
+    """The newest step whose checksums match (or that has none to check);
+    damaged newer steps are set aside on the way."""
+    for step in sorted(self.all_steps(), reverse=True):
+      ok, reason = verify_checksums(self.step_dir(step))
+      if ok is False:
+        self.set_aside(step, reason)
+        continue
+      return step
+    return None
+
+  def restore_latest_intact(self, target: PyTree, restore_fn=None
+                            ) -> tuple[PyTree, dict[str, Any], int]:
+    """(state, extra, step) of the newest step that verifies and restores.
+
+    A newest step whose checksums do not match, or which `restore_fn(step)`
+    (default: self.restore(step, target)) cannot read, is set aside and the
+    previous one tried. A step without checksums (written before they were
+    recorded, or killed between its commit and its checksums) is trusted if
+    it restores. Raises FileNotFoundError listing what was found when no step
+    is intact.
+    """
+    restore_fn = restore_fn or (lambda s: self.restore(s, target))
+    found = []
+    for step in sorted(self.all_steps(), reverse=True):
+      ok, reason = verify_checksums(self.step_dir(step))
+      if ok is False:
+        found.append(f'{step}: {reason}')
+        self.set_aside(step, reason)
+        continue
+      try:
+        state, extra = restore_fn(step)
+      except Exception as e:  # pylint: disable=broad-except
+        if ok or self._readable(step):
+          raise   # the files are as written: the misfit is the config's (see restore)
+        reason = f'orbax could not read it ({type(e).__name__}: {str(e)[:200]})'
+        found.append(f'{step}: {reason}')
+        self.set_aside(step, reason)
+        continue
+      if not _all_finite(state):
+        reason = 'it holds NaN or infinite values'
+        found.append(f'{step}: {reason}')
+        self.set_aside(step, reason)
+        continue
+      return state, extra, step
+    raise FileNotFoundError(f'No intact checkpoint in {self.directory}; found: '
+                            f'{"; ".join(found) or "none"}. The damaged steps are in '
+                            f'{os.path.join(os.path.dirname(self.directory), DAMAGED_DIR)}.')
 
   def __enter__(self) -> Checkpointer:
     return self
@@ -295,6 +422,96 @@ class Checkpointer:
       raise FileNotFoundError(f'No checkpoint found in {self.directory}.')
     metadata = self._manager.item_metadata(step)[STATE_ITEM]
     return metadata.tree if hasattr(metadata, 'tree') else metadata
+
+
+CHECKSUM_FILE = 'checksums.sha256.json'
+DAMAGED_DIR = 'checkpoints_damaged'
+
+
+def _is_primary() -> bool:
+  return jax.process_index() == 0
+
+
+def _is_remote(directory: str) -> bool:
+  return '://' in directory
+
+
+def _digests(step_dir: str) -> dict[str, str]:
+  out = {}
+  for root, _, names in os.walk(step_dir):
+    for name in names:
+      path = os.path.join(root, name)
+      rel = os.path.relpath(path, step_dir)
+      if rel.startswith(CHECKSUM_FILE):
+        continue
+      digest = hashlib.sha256()
+      with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+          digest.update(chunk)
+      out[rel] = digest.hexdigest()
+  return out
+
+
+def write_checksums(step_dir: str) -> None:
+  """Records the SHA-256 of every file of a committed step (atomically)."""
+  digests = _digests(step_dir)
+  tmp = os.path.join(step_dir, CHECKSUM_FILE + '.tmp')
+  with open(tmp, 'w') as f:
+    json.dump(digests, f, indent=0, sort_keys=True)
+  os.replace(tmp, os.path.join(step_dir, CHECKSUM_FILE))
+
+
+def verify_checksums(step_dir: str) -> tuple[bool | None, str]:
+  """(True, '') when every recorded file is there with its digest; (False,
+  what differs); (None, why) when there is nothing to check against."""
+  if _is_remote(step_dir):
+    return None, 'remote directory'
+  path = os.path.join(step_dir, CHECKSUM_FILE)
+  if not os.path.isdir(step_dir) or not os.listdir(step_dir):
+    return False, 'empty or missing directory'
+  if not os.path.exists(path):
+    return None, 'no checksums recorded'
+  try:
+    with open(path) as f:
+      expected = json.load(f)
+  except (OSError, ValueError) as e:
+    return False, f'unreadable {CHECKSUM_FILE} ({e})'
+  actual = _digests(step_dir)
+  for rel, digest in sorted(expected.items()):
+    if rel not in actual:
+      return False, f'{rel} is missing'
+    if actual[rel] != digest:
+      return False, f'{rel} differs from what was written'
+  return True, ''
+
+
+def _all_finite(tree: PyTree) -> bool:
+  floats = [x for x in jax.tree.leaves(tree)
+            if hasattr(x, 'dtype') and jax.numpy.issubdtype(x.dtype, jax.numpy.floating)]
+  return all(bool(jax.numpy.isfinite(x).all()) for x in floats)
+
+
+def _delete_step_dir(step_dir: str) -> None:
+  """Renames out of the listing first (atomic), then removes: a kill in the
+  middle leaves a tmp directory that orbax cleans up, never a listed half-step."""
+  doomed = f'{step_dir}.orbax-checkpoint-tmp-deleting'
+  os.rename(step_dir, doomed)
+  shutil.rmtree(doomed, ignore_errors=True)
+
+
+# Checkpointers not yet closed: a binary that stops on an error closes them
+# (close_all) so orbax's asynchronous machinery shuts down before the
+# interpreter does, instead of failing at exit with a pile of tracebacks.
+_OPEN: 'weakref.WeakSet[Checkpointer]' = weakref.WeakSet()
+
+
+def close_all() -> None:
+  """Closes every open Checkpointer (waiting for its in-flight writes)."""
+  for ckpt in list(_OPEN):
+    try:
+      ckpt.close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('Closing the checkpointer of %s failed: %s', ckpt.directory, e)
 
 
 def wait_for_new_checkpoint(directory: str | os.PathLike[str],

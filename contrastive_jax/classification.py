@@ -233,7 +233,7 @@ def cross_entropy_objective(logits: jax.Array, batch: Batch, x: jax.Array,
 
 def make_train_step(model: classifier_lib.Classifier, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, modality: Modality, mesh,
-                    objective: Objective = cross_entropy_objective):
+                    objective: Objective = cross_entropy_objective, nan_policy: str = 'stop'):
   """Jitted `step(state, batch, aux) -> (state, metrics)`; the state is donated.
 
   The batch (raw inputs, 'label', 'index', ...) is split over 'data'; `aux`
@@ -258,8 +258,9 @@ def make_train_step(model: classifier_lib.Classifier, tx: optax.GradientTransfor
     params = optax.apply_updates(state.params, updates)
     metrics.update(learning_rate=schedule(state.step), grad_norm=optax.global_norm(grads),
                    param_norm=optax.global_norm(params))
-    return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                         opt_state=opt_state), metrics
+    return train.guard_nonfinite(
+        state, state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                             opt_state=opt_state), metrics, nan_policy)
 
   return jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
                  donate_argnums=0)

@@ -111,6 +111,9 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.stop_at_step = 0          # > 0: checkpoint and exit at this step (run in chunks)
   config.multihost = 'auto'        # 'auto' (from the environment) | 'yes' | 'no'
+  config.nan_policy = 'stop'       # a NaN / inf loss, gradient or parameter: 'stop' the run
+                                   # (exit 3, nothing non-finite saved) | 'skip_step' (drop
+                                   # the batch, keep the previous state)
 
   config.method = 'simclr'         # a name in methods.METHODS: 'simclr' | 'supcon'
   for name in methods.METHODS.names():   # each method's keys: config.simclr.temperature, ...
@@ -129,6 +132,7 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
 
 CHOICES: dict[str, tuple[Any, ...]] = {
     'multihost': ('auto', 'yes', 'no'),
+    'nan_policy': ('stop', 'skip_step'),
     'augment.brightness_mode': ('multiplicative', 'additive'),
     'augment.matmul_precision': ('highest', 'default'),
     'model.dtype': ('float32', 'bfloat16'),
@@ -157,6 +161,27 @@ def _registry_choices(config: ml_collections.ConfigDict) -> dict[str, tuple[Any,
   return out
 
 
+# Shared keys: (key, test, what the value must be). Checked when present.
+_RANGES = (
+    ('seed', lambda v: isinstance(v, int) and v >= 0, 'an integer >= 0'),
+    ('batch_size', lambda v: v > 0, '> 0 (the global batch, over all devices)'),
+    ('total_steps', lambda v: v >= 0, '>= 0 (0 = from num_epochs)'),
+    ('stop_at_step', lambda v: v >= 0, '>= 0 (0 = run to the end)'),
+    ('log_every_steps', lambda v: v > 0, '> 0 (a large value logs rarely)'),
+    ('checkpoint_every_steps', lambda v: v > 0, '> 0 (a large value checkpoints rarely)'),
+    ('keep_checkpoints', lambda v: v >= 1, '>= 1'),
+)
+
+
+def _validate_ranges(config: ml_collections.ConfigDict) -> None:
+  for key, ok, what in _RANGES:
+    if key in config and not ok(config[key]):
+      raise ValueError(f'config.{key}={config[key]!r} must be {what}.')
+  if config.get('total_steps', 1) == 0 and 'num_epochs' in config and not config.num_epochs > 0:
+    raise ValueError(f'config.num_epochs={config.num_epochs} must be > 0 (or set '
+                     'config.total_steps > 0).')
+
+
 def validate(config: ml_collections.ConfigDict,
              choices: dict[str, tuple[Any, ...]] | None = None) -> None:
   """Raises ValueError naming the first key whose value is not a valid choice."""
@@ -175,8 +200,7 @@ def validate(config: ml_collections.ConfigDict,
       raise ValueError(
           f'config.{key}={value!r} is not valid; choose one of {valid} '
           f'(e.g. --config.{key}={valid[0]!r}).')
-  if config.get('batch_size', 1) <= 0:
-    raise ValueError(f'config.batch_size={config.batch_size} must be positive.')
+  _validate_ranges(config)
   if 'kernels' in config and config.kernels.get('conv_xla_wgrad_below', 0) < 0:
     raise ValueError(f'config.kernels.conv_xla_wgrad_below={config.kernels.conv_xla_wgrad_below} '
                      'must be >= 0 (px; 0 = our weight gradient on every map).')
@@ -213,6 +237,7 @@ def finetune_defaults() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.stop_at_step = 0          # > 0: checkpoint and exit at this step (run in chunks)
   config.multihost = 'auto'
+  config.nan_policy = 'stop'       # as in pretrain_defaults
 
   # What to start from.
   config.init_from = ''            # pretrain workdir to restore; '' = train from scratch

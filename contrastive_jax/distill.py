@@ -172,7 +172,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # --- Loop ---------------------------------------------------------------------
   objective = make_objective(teacher, teacher_modality, config.temperature, config.alpha)
-  step_fn = classification.make_train_step(model, tx, schedule, modality, run.mesh, objective)
+  step_fn = classification.make_train_step(model, tx, schedule, modality, run.mesh, objective,
+                                           nan_policy=config.nan_policy)
   logging.info('Distilling %s into a student on %d unlabeled examples for %d steps '
                '(%.1f per epoch), tau %.2f, alpha %.2f.', config.teacher,
                data.num_examples, total_steps, steps_per_epoch, config.temperature,
@@ -183,7 +184,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                           step_args=(teacher_variables,))
 
   # --- Eval: student top-1, teacher top-1 and agreement ----------------------------
-  results: dict[str, Any] = {'step': step, 'total_steps': total_steps,
+  results: dict[str, Any] = {'step': step, 'total_steps': total_steps, 'preempted': run.preempted,
                              'teacher': config.teacher, 'train_seconds': run.train_seconds,
                              **run.last_metrics}
   if run.finished(step, total_steps):

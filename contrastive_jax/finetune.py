@@ -65,7 +65,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       fresh_fn=lambda s: classification.copy_pretrained(s, config, tx, run.mesh))
 
   # --- Loop ---------------------------------------------------------------------
-  step_fn = classification.make_train_step(model, tx, schedule, modality, run.mesh)
+  step_fn = classification.make_train_step(model, tx, schedule, modality, run.mesh,
+                                           nan_policy=config.nan_policy)
   logging.info('Fine-tuning on %d labelled examples for %d steps (%.2f per epoch), batch %d '
                'on %d devices.', data.num_examples, total_steps, steps_per_epoch,
                config.batch_size, jax.device_count())
@@ -73,7 +74,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                           progress_keys=('loss', 'train_acc'), step_args=({},))
 
   # --- Eval: val (for choices) and test (the reported number) ------------------
-  results: dict[str, Any] = {'step': step, 'total_steps': total_steps,
+  results: dict[str, Any] = {'step': step, 'total_steps': total_steps, 'preempted': run.preempted,
                              'label_examples': data.num_examples,
                              'init_from': config.init_from, 'train_seconds': run.train_seconds,
                              **run.last_metrics}

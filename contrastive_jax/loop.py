@@ -15,9 +15,13 @@ caller passes its `PreemptionFlag.should_stop`).
 
 from __future__ import annotations
 
+import ast
 import collections
+import errno
+import logging as py_logging
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -29,7 +33,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from contrastive_jax import checkpoint, metrics_io, parallel
+from contrastive_jax import checkpoint, errors, metrics_io, parallel
 from contrastive_jax.data import pipeline
 
 
@@ -125,6 +129,28 @@ class MetricsFlusher:
 
 # Steps dispatched but not finished, at most (see run_steps).
 MAX_STEPS_IN_FLIGHT = 2
+NAN_POLICIES = ('stop', 'skip_step')
+
+
+class _FiniteCheck:
+  """Reads each step's 'nonfinite' metric once it is on the host (the loop
+  waits for it anyway) and stops the run at the first non-finite step, or
+  counts the batches the step skipped (config.nan_policy='skip_step')."""
+
+  def __init__(self, policy: str, ckpt):
+    if policy not in NAN_POLICIES:
+      raise ValueError(f'config.nan_policy={policy!r}; choose one of {NAN_POLICIES}.')
+    self.policy, self.ckpt, self.skipped = policy, ckpt, 0
+
+  def __call__(self, step: int, metrics: Any) -> None:
+    if 'nonfinite' not in metrics or not float(metrics['nonfinite']):
+      return
+    if self.policy == 'skip_step':
+      self.skipped += 1
+      logging.warning('Step %d: non-finite loss or gradient; the batch was skipped '
+                      "(config.nan_policy='skip_step'; %d so far).", step, self.skipped)
+      return
+    raise errors.NonFiniteError(step, self.ckpt.latest_step(), self.ckpt.directory)
 
 
 def run_steps(state: Any, step_fn: Callable[..., tuple[Any, Any]],
@@ -132,71 +158,86 @@ def run_steps(state: Any, step_fn: Callable[..., tuple[Any, Any]],
               start_step: int, total_steps: int, log_every: int, checkpoint_every: int,
               ckpt, extra_fn: Callable[[], dict], flusher: MetricsFlusher,
               should_stop: Callable[[int], bool], step_args: tuple = (),
-              stop_at_step: int = 0) -> tuple[Any, int]:
+              stop_at_step: int = 0, nan_policy: str = 'stop') -> tuple[Any, int]:
   """Runs `state, metrics = step_fn(state, batch, *step_args)` up to total_steps
   (or up to `stop_at_step` when > 0: config.stop_at_step, runs in chunks).
 
   Checkpoints every `checkpoint_every` steps and at the end (or on stop) with
-  `extra_fn()` (data position, ...), then waits for the write. Returns
-  (state, step reached); step < total_steps means it stopped early.
+  `extra_fn()` (data position, ...), then waits for the write. A step whose
+  metrics say 'nonfinite' stops the run with errors.NonFiniteError before
+  anything after it is saved (every step up to a checkpoint is checked before
+  the checkpoint is written), unless nan_policy='skip_step' (the step itself
+  then kept the previous state). Returns (state, step reached); step <
+  total_steps means it stopped early.
   """
   if log_every <= 0 or checkpoint_every <= 0:
     raise ValueError(f'config.log_every_steps={log_every} and config.checkpoint_every_steps='
                      f'{checkpoint_every} must both be positive (use a large value for "rarely").')
+  check = _FiniteCheck(nan_policy, ckpt)
   step = start_step
   end_step = min(stop_at_step or total_steps, total_steps)
   in_flight: collections.deque = collections.deque()
+
+  def drain(keep: int) -> None:
+    while len(in_flight) > keep:
+      done_step, done = in_flight.popleft()
+      check(done_step, jax.device_get(done))
+
   while step < end_step:
     batch = parallel.global_batch(next(batches), mesh)
     state, metrics = step_fn(state, batch, *step_args)
     # Dispatch is asynchronous: unchecked, the host ran up to a log interval
-    # (~35 steps, 21 s on the CPU) ahead of the device, and a stop (SIGTERM,
-    # a deadline) waited for all of them before its checkpoint. One step
-    # queued behind the running one keeps the device busy.
-    in_flight.append(metrics)
-    if len(in_flight) > MAX_STEPS_IN_FLIGHT:
-      jax.block_until_ready(in_flight.popleft())
-    flusher.flush()  # the previous log step's values are ready by now
+    # ahead of the device, and a stop (SIGTERM, a deadline) waited for all of
+    # them before its checkpoint. One step queued behind the running one
+    # keeps the device busy.
     step += 1
+    in_flight.append((step, metrics))
+    drain(MAX_STEPS_IN_FLIGHT)
+    flusher.flush()  # the previous log step's values are ready by now
     if step % log_every == 0 or step == total_steps:
       flusher.set(step, metrics)
     if step % checkpoint_every == 0 and step < total_steps:
+      drain(0)  # never save a state that follows a non-finite step
       ckpt.save(step, state, extra_fn())
     if should_stop(step):
       break
+  drain(0)
   flusher.flush()
   ckpt.save(step, state, extra_fn(), force=True)
   ckpt.wait()
   return state, step
 
 
-def resume(ckpt, start_step: int, state: Any, data: Any,
-           writer: metrics_io.MetricsWriter, total_steps: int) -> Any:
-  """The state saved at `start_step` (shaped and sharded like `state`), with the
-  data iterator moved to its position and the metrics the interrupted run logged
+def resume(ckpt, state: Any, data: Any, writer: metrics_io.MetricsWriter,
+           total_steps: int) -> tuple[Any, int]:
+  """(state, step): the newest intact checkpoint (shaped and sharded like
+  `state`; damaged newer ones are set aside, see checkpoint.py), with the data
+  iterator moved to its position and the metrics the interrupted run logged
   after that step dropped. Raises (before anything is written) when the
   checkpoint does not fit `state`.
   """
   target = checkpoint.to_abstract(state)
-  saved = ckpt.item_metadata(start_step)
-  legacy = (hasattr(state, 'extra') and not jax.tree.leaves(state.extra)
-            and isinstance(saved, Mapping) and 'extra' not in saved)
-  if legacy:
-    # Written before TrainState had the method's extra state: restore the
-    # four fields it had, and start the (empty) extra state as it is.
-    fields = ('step', 'params', 'batch_stats', 'opt_state')
-    restored, extra = ckpt.restore(start_step, target={k: getattr(target, k) for k in fields})
-    state = state.replace(**restored)
-  else:
-    state, extra = ckpt.restore(start_step, target=target)
+
+  def restore(step: int) -> tuple[Any, dict]:
+    saved = ckpt.item_metadata(step)
+    if (hasattr(state, 'extra') and not jax.tree.leaves(state.extra)
+        and isinstance(saved, Mapping) and 'extra' not in saved):
+      # Written before TrainState had the method's extra state: restore the
+      # four fields it had, and start the (empty) extra state as it is.
+      fields = ('step', 'params', 'batch_stats', 'opt_state')
+      restored, extra = ckpt.restore(step, target={k: getattr(target, k) for k in fields})
+      return state.replace(**restored), extra
+    return ckpt.restore(step, target=target)
+
+  state, extra, step = ckpt.restore_latest_intact(target, restore)
   data.restore(extra['data'])
   if extra.get('total_steps', total_steps) != total_steps:
     # The schedule follows this run's length: the LR jumps at the resume step.
     logging.warning('The checkpoint was written for %s total steps; this run has %d.',
                     extra.get('total_steps'), total_steps)
-  writer.truncate(start_step)
-  logging.info('Resumed from step %d.', start_step)
-  return state
+  writer.truncate(step)
+  logging.info('Resumed from step %d.', step)
+  return state, step
 
 
 def train_until_done(state: Any, step_fn: Callable[..., tuple[Any, Any]], data: Any, *,
@@ -220,7 +261,8 @@ def train_until_done(state: Any, step_fn: Callable[..., tuple[Any, Any]], data: 
         checkpoint_every=config.checkpoint_every_steps, ckpt=ckpt, flusher=flusher,
         step_args=step_args,
         extra_fn=lambda: {'data': data.state(), 'total_steps': total_steps},
-        should_stop=preempted.should_stop, stop_at_step=config.stop_at_step)
+        should_stop=preempted.should_stop, stop_at_step=config.stop_at_step,
+        nan_policy=config.get('nan_policy', 'stop'))
   finally:
     preempted.uninstall()
     ckpt.close()
@@ -260,24 +302,108 @@ def top1(prediction: Mapping[str, np.ndarray]) -> float:
       prediction['label']) else 0.0
 
 
+# Library log lines below WARNING that the console does not show (--library_logs
+# brings them back), and harmless warnings that read like errors.
+_LIBRARY_PATHS = ('/orbax/', '/etils/', '/tensorflow/', '/tensorflow_datasets/', '/jax/_src/')
+_HARMLESS = ('Unable to initialize backend', 'directory is read only',
+             'Given directory is read only')
+
+
+class _QuietLibraries:
+  """A logging filter: progress and results, and real warnings, only."""
+
+  def filter(self, record) -> bool:
+    if record.levelno < 30 and any(p in record.pathname for p in _LIBRARY_PATHS):
+      return False
+    return not any(h in record.getMessage() for h in _HARMLESS)
+
+
+def _user_message(e: BaseException) -> str:
+  """An exception's message on one line (ml_collections quotes and escapes its own)."""
+  while e.__cause__ is not None and str(e.__cause__) and not str(e).strip():
+    e = e.__cause__
+  text = str(e)
+  if isinstance(e, (KeyError, AttributeError)):
+    try:
+      text = ast.literal_eval(text) if text[:1] in '"\'' else text
+      text = ast.literal_eval(text) if text[:1] in '"\'' else text
+    except (ValueError, SyntaxError):
+      pass
+  return ' '.join(str(text).split())
+
+
+def _exit_code(e: BaseException) -> int | None:
+  """The exit status of an error the user can fix (None: a bug, show the traceback)."""
+  if isinstance(e, errors.NonFiniteError):
+    return errors.EXIT_DIVERGED
+  if isinstance(e, errors.WorkdirLockedError):
+    return errors.EXIT_LOCKED
+  if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+    return 1
+  if isinstance(e, (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError,
+                    TimeoutError, KeyError, AttributeError, TypeError)):
+    return errors.EXIT_USER_ERROR
+  return None
+
+
+def _fail(e: BaseException, code: int) -> None:
+  message = _user_message(e)
+  if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+    message = (f'No space left on device while writing {e.filename or "the workdir"}: '
+               'free some space (or point --workdir elsewhere) and rerun the same command; '
+               'the checkpoints written before are intact.')
+  sys.stderr.write(f'error: {message}\n(exit {code}; --verbosity=1 shows the traceback)\n')
+  sys.stderr.flush()
+  sys.exit(code)
+
+
 def run_binary(entry: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
   """The `__main__` of every binary: --config / --workdir flags, then entry(config, workdir).
 
   Flags are defined here, only when a module is the program, so the binaries
   can import each other (absl refuses a flag defined by two modules). The
   XLA:CPU defaults are applied before the first computation starts the backend.
+  A user's mistake (an unknown or invalid config key, a path, a diverged run,
+  a locked workdir) ends in one line on stderr and the exit status of
+  `contrastive_jax.errors`, a traceback only with --verbosity=1; a stop on
+  SIGTERM / Ctrl-C exits with errors.EXIT_PREEMPTED. Open checkpointers are
+  closed on every path out.
   """
   from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from contrastive_jax.kernels import xla_cpu  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file('config', None, 'Path to a config file (get_config()).',
                                   lock_config=True)
   flags.DEFINE_string('workdir', None, 'Output directory: checkpoints, metrics, results.')
+  flags.DEFINE_bool('library_logs', False, "Show the libraries' (orbax, TensorFlow, JAX) "
+                    'informational log lines.')
   flags.mark_flags_as_required(['config', 'workdir'])
+
+  def parse(argv: list[str]) -> list[str]:
+    try:
+      return flags.FLAGS(argv)
+    except Exception as e:  # pylint: disable=broad-except
+      overrides = [a for a in argv[1:] if a.startswith('--config')]
+      sys.stderr.write(f'error: {_user_message(e)} (flags: {" ".join(overrides)})\n')
+      sys.exit(errors.EXIT_USER_ERROR)
 
   def main(argv):
     del argv
+    if not flags.FLAGS.library_logs:
+      absl_logging.get_absl_handler().addFilter(_QuietLibraries())
+      py_logging.getLogger().addFilter(_QuietLibraries())
     xla_cpu.apply_defaults()
-    entry(flags.FLAGS.config, flags.FLAGS.workdir)
+    try:
+      result = entry(flags.FLAGS.config, flags.FLAGS.workdir)
+    except BaseException as e:  # pylint: disable=broad-except
+      checkpoint.close_all()
+      code = _exit_code(e)
+      if code is None or flags.FLAGS.verbosity > 0 or isinstance(e, KeyboardInterrupt):
+        raise
+      _fail(e, code)
+    checkpoint.close_all()
+    if isinstance(result, Mapping) and result.get('preempted'):
+      sys.exit(errors.EXIT_PREEMPTED)
 
-  app.run(main)
+  app.run(main, flags_parser=parse)

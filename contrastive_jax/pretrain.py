@@ -69,7 +69,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # --- Model, optimizer, state: resume where the last run stopped -------------
   num_classes = max(data.num_classes, 0) if config.probe else 0
-  model = build_model(config.model, num_classes=num_classes, kernels_cfg=config.kernels)
+  model = build_model(config.model, num_classes=num_classes, kernels_cfg=config.kernels,
+                      predictor=method.predictor(config.model))
   tx, schedule = optim.build_optimizer(config.optim, batch_size=config.batch_size,
                                        total_steps=total_steps, warmup_steps=warmup_steps)
   init_extra = lambda params, stats: method.init_extra(
@@ -80,7 +81,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # --- Update step --------------------------------------------------------------
   step_fn = train.make_pretrain_step(model, tx, schedule, method, modality, run.mesh,
-                                     total_steps)
+                                     total_steps, nan_policy=config.nan_policy)
   if run.start_step == 0 and config.summary_images:
     write_view_summary(run, data, modality, method.num_views)
 
@@ -92,7 +93,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                           progress_keys=('loss', 'contrast_acc', 'probe_acc'))
 
   # --- Eval: the online probe, on val (for choices) and test (the reported number)
-  results: dict[str, Any] = {'step': step, **run.last_metrics}
+  results: dict[str, Any] = {'step': step, 'preempted': run.preempted, **run.last_metrics}
   if run.finished(step, total_steps) and num_classes > 0:
     predict = train.make_predict_fn(model, run.mesh, modality)
     variables = {'params': state.params, 'batch_stats': state.batch_stats}

@@ -56,6 +56,21 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, *, seed: int,
   return jax.jit(init, out_shardings=parallel.replicated(mesh))()
 
 
+def guard_nonfinite(old: TrainState, new: TrainState, metrics: Metrics,
+                    nan_policy: str) -> tuple[TrainState, Metrics]:
+  """Adds metrics['nonfinite'] (1.0 when the loss, the gradient norm or the new
+  parameters' norm is NaN or infinite); with nan_policy='skip_step' such a
+  step keeps `old` (the batch is dropped) and only the step count advances.
+  With 'stop' the loop stops the run at that step (loop.run_steps)."""
+  finite = (jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
+            & jnp.isfinite(metrics['param_norm']))
+  metrics = dict(metrics, nonfinite=(~finite).astype(jnp.float32))
+  if nan_policy == 'skip_step':
+    kept = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new.replace(step=old.step), old)
+    new = kept.replace(step=new.step)
+  return new, metrics
+
+
 def example_major(views: jax.Array) -> jax.Array:
   """[V, N, ...] -> [N * V, ...] with the views of an example side by side, so
   they stay on the example's device."""
@@ -65,7 +80,7 @@ def example_major(views: jax.Array) -> jax.Array:
 
 def make_pretrain_step(model: nn.Module, tx: optax.GradientTransformation,
                        schedule: optax.Schedule, method: Method, modality: Modality,
-                       mesh: Mesh, total_steps: int = 0
+                       mesh: Mesh, total_steps: int = 0, nan_policy: str = 'stop'
                        ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """Returns a jitted `step(state, batch) -> (state, metrics)`; the state is donated.
 
@@ -77,10 +92,10 @@ def make_pretrain_step(model: nn.Module, tx: optax.GradientTransformation,
   axis = parallel.DATA_AXIS
   num_views = method.num_views
 
-  def sharded_loss(z, labels, targets, extra):
+  def sharded_loss(outputs, labels, targets, extra):
     fn = lambda z_, y_, t_, e_: method.loss(z_, y_, t_, e_, axis_name=axis)
     return jax.shard_map(fn, mesh=mesh, in_specs=(P(axis), P(axis), P(axis), P()),
-                         out_specs=P())(z, labels, targets, extra)
+                         out_specs=P())(outputs, labels, targets, extra)
 
   def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     views = modality.train_views(state.step, batch, num_views)       # [V, N, ...]
@@ -96,8 +111,9 @@ def make_pretrain_step(model: nn.Module, tx: optax.GradientTransformation,
     def loss_fn(params):
       out, mutated = model.apply({'params': params, 'batch_stats': state.batch_stats}, x,
                                  train=True, mutable=['batch_stats'])
-      z = out['z'].reshape(n, num_views, -1)
-      loss, metrics = sharded_loss(z, labels, targets, state.extra)
+      per_view = {k: out[k].reshape((n, num_views) + out[k].shape[1:])
+                  for k in ('z', 'h', 'p') if k in out}
+      loss, metrics = sharded_loss(per_view, labels, targets, state.extra)
       total = loss
       if 'probe_logits' in out:
         # stop_gradient(h) inside the model: this loss trains the probe only.
@@ -116,8 +132,9 @@ def make_pretrain_step(model: nn.Module, tx: optax.GradientTransformation,
         outputs=jax.lax.stop_gradient(out), targets=targets))
     metrics.update(learning_rate=schedule(state.step), grad_norm=optax.global_norm(grads),
                    param_norm=optax.global_norm(params))
-    return TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
-                      opt_state=opt_state, extra=extra), metrics
+    return guard_nonfinite(state, TrainState(step=state.step + 1, params=params,
+                                             batch_stats=batch_stats, opt_state=opt_state,
+                                             extra=extra), metrics, nan_policy)
 
   return jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep),
                  donate_argnums=0)

@@ -8,9 +8,10 @@
   run.close()
 
 Set-up migrates an old config layout (config_migration), validates it before
-anything compiles, starts `jax.distributed` on a multi-host launch, builds the
-mesh and checks the batch divides over it, opens the metrics writer and the
-checkpointer. `init_or_resume` restores the latest checkpoint (state, data
+anything compiles or the workdir is touched, starts `jax.distributed` on a
+multi-host launch, builds the mesh and checks the batch divides over it,
+locks the workdir against a second process (workdir_lock), opens the metrics
+writer and the checkpointer. `init_or_resume` restores the latest checkpoint (state, data
 position; metrics logged after it are dropped) or builds a fresh state, then
 writes config.json — only then, so a rerun whose config does not fit the
 checkpoint fails in restore and leaves the run's config.json as it was.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
@@ -30,8 +32,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from contrastive_jax import checkpoint, config_defaults, config_migration, loop, metrics_io
-from contrastive_jax import optim, parallel
+from contrastive_jax import (checkpoint, config_defaults, config_migration, errors, files, loop,
+                             metrics_io, optim, parallel, workdir_lock)
 
 
 def schedule_lengths(config: ml_collections.ConfigDict, steps_per_epoch: float
@@ -57,20 +59,33 @@ class Run:
   train_seconds: float = 0.0
   last_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
 
+  lock: Optional[workdir_lock.WorkdirLock] = None
+  preempted: bool = False   # stopped by SIGTERM / Ctrl-C (not stop_at_step)
+
   @classmethod
   def start(cls, config: ml_collections.ConfigDict, workdir: str, *,
             validate: Callable[[ml_collections.ConfigDict], None] = config_defaults.validate,
             ) -> 'Run':
+    """Validates everything the config alone can tell before the workdir is
+    touched, then takes the workdir (one writer at a time) and opens it."""
     config = config_migration.migrate(config)
     validate(config)
+    if not files.is_remote(workdir) and os.path.exists(workdir) and not os.path.isdir(workdir):
+      raise errors.WorkdirError(f'--workdir={workdir} is a file; give a directory (new or '
+                                'a run to resume).')
     parallel.maybe_initialize_distributed(config.multihost)
     mesh = parallel.make_mesh()
     parallel.local_batch_size(config.batch_size, mesh)  # fails early if it does not divide
+    lock = None
+    if jax.process_index() == 0:
+      files.makedirs(workdir)
+      lock = workdir_lock.WorkdirLock(workdir)
+      lock.acquire()
     writer = metrics_io.MetricsWriter(workdir)
     ckpt = checkpoint.Checkpointer(f'{workdir}/checkpoints', max_to_keep=config.keep_checkpoints,
                                    save_interval_steps=config.checkpoint_every_steps)
     return cls(config=config, workdir=workdir, mesh=mesh, writer=writer, ckpt=ckpt,
-               start_step=ckpt.latest_step() or 0)
+               start_step=ckpt.latest_intact_step() or 0, lock=lock)
 
   def init_or_resume(self, init_fn: Callable[[], Any], data: Any, total_steps: int,
                      fresh_fn: Optional[Callable[[Any], Any]] = None) -> Any:
@@ -79,9 +94,13 @@ class Run:
     fine-tune copies the pretrained weights in). Writes config.json after."""
     state = init_fn()
     if self.start_step:
-      state = loop.resume(self.ckpt, self.start_step, state, data, self.writer, total_steps)
-    elif fresh_fn is not None:
-      state = fresh_fn(state)
+      state, self.start_step = loop.resume(self.ckpt, state, data, self.writer, total_steps)
+    if not self.start_step:
+      # A run killed before its first checkpoint starts again at step 0:
+      # what it logged goes, so every step appears once in metrics.jsonl.
+      self.writer.truncate(0)
+      if fresh_fn is not None:
+        state = fresh_fn(state)
     self.writer.write_config(self.config)
     return state
 
@@ -102,6 +121,7 @@ class Run:
         flusher=flusher, step_args=step_args)
     self.train_seconds = time.monotonic() - started
     self.last_metrics = flusher.last
+    self.preempted = step < min(config.stop_at_step or total_steps, total_steps)
     return state, step
 
   def finished(self, step: int, total_steps: int) -> bool:
@@ -128,6 +148,8 @@ class Run:
 
   def close(self) -> None:
     self.writer.close()
+    if self.lock is not None:
+      self.lock.release()
 
 
 def print_results(line: str) -> None:

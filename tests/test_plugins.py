@@ -69,8 +69,8 @@ class _EmaPair(methods.Method):
     out = ctx.apply({'params': ctx.extra['ema'], 'batch_stats': ctx.batch_stats}, ctx.x)
     return out['z'].reshape(-1, self.num_views, out['z'].shape[-1])
 
-  def loss(self, z, labels, targets, extra, *, axis_name):
-    return losses.nt_xent(z[:, 0], targets[:, 1], temperature=self.cfg.temperature,
+  def loss(self, outputs, labels, targets, extra, *, axis_name):
+    return losses.nt_xent(outputs['z'][:, 0], targets[:, 1], temperature=self.cfg.temperature,
                           axis_name=axis_name)
 
   def update_extra(self, ctx):

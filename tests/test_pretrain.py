@@ -20,6 +20,8 @@ import time
 import numpy as np
 import pytest
 
+from contrastive_jax import errors
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, 'configs', 'smoke.py') + ':tiny'
 STEPS = 6
@@ -168,7 +170,7 @@ def test_sigterm_writes_a_checkpoint_and_the_run_resumes(tmp_path):
   assert proc.poll() is None, proc.communicate()[0][-5000:]
   proc.send_signal(signal.SIGTERM)
   out = proc.communicate(timeout=300)[0]
-  assert proc.returncode == 0, out[-5000:]
+  assert proc.returncode == errors.EXIT_PREEMPTED, out[-5000:]   # "stopped, resumable"
   steps = [int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints'))]
   assert len(steps) == 1 and steps[0] >= 3, steps
   # Re-running the same command resumes after the preemption checkpoint.

@@ -6,11 +6,16 @@ method. Per step it asks the run's method for:
   1. `num_views` augmented views of every example (the modality makes them);
   2. `targets(ctx)`: anything computed without gradient from the views before
      the loss (a momentum encoder's keys, ...); default none;
-  3. `loss(z, labels, targets, extra, axis_name=...)`: run inside
+  3. `loss(outputs, labels, targets, extra, axis_name=...)`: run inside
      `jax.shard_map` on each device's rows, all-gathering over `axis_name`
-     where it needs the global batch; returns (scalar loss, metrics);
+     where it needs the global batch; `outputs` holds the online network's
+     'z' (projections), 'h' (encoder features) and, for a method with a
+     predictor, 'p', each [n, num_views, ...]; returns (scalar loss, metrics);
   4. `update_extra(ctx)`: the method's extra state after the optimizer update
      (an EMA of the parameters, a queue of keys, ...); default unchanged.
+
+A method may also put a trainable `predictor(model_cfg)` on top of the
+projection head (BYOL, MoCo v3): the model then outputs 'p' = predictor(z).
 
 The extra state is `TrainState.extra`: a pytree the method creates in
 `init_extra`, replicated over the mesh, checkpointed and restored with the
@@ -22,7 +27,7 @@ A method module defines one subclass and registers it:
     name = 'mine'
     @staticmethod
     def defaults(): return ml_collections.ConfigDict(dict(temperature=0.1))
-    def loss(self, z, labels, targets, extra, *, axis_name): ...
+    def loss(self, outputs, labels, targets, extra, *, axis_name): ...
   METHODS.register(MyMethod)
 
 and the config selects it with `config.method = 'mine'`; its keys live in
@@ -34,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, ClassVar
 
+import flax.linen as nn
 import jax
 import ml_collections
 
@@ -85,14 +91,19 @@ class Method:
     del params, batch_stats, global_batch_size
     return {}
 
+  def predictor(self, model_cfg: ml_collections.ConfigDict) -> nn.Module | None:
+    """A trainable module `(z, train) -> p` on the projection head, or None."""
+    del model_cfg
+    return None
+
   def targets(self, ctx: StepContext) -> Any:
     """Batch-major arrays [N, ...] the loss compares against, without gradient."""
     del ctx
     return {}
 
-  def loss(self, z: jax.Array, labels: jax.Array, targets: Any, extra: Any, *,
-           axis_name: str | None) -> tuple[jax.Array, Metrics]:
-    """z: [n, num_views, d] projections of this device's examples."""
+  def loss(self, outputs: dict[str, jax.Array], labels: jax.Array, targets: Any, extra: Any,
+           *, axis_name: str | None) -> tuple[jax.Array, Metrics]:
+    """outputs['z']: [n, num_views, d] projections of this device's examples."""
     raise NotImplementedError
 
   def update_extra(self, ctx: StepContext) -> Any:

@@ -27,8 +27,9 @@ class SimCLR(Method):
       raise ValueError(f'config.simclr.loss_block_size={self.cfg.loss_block_size} must be '
                        '>= 0 (0 = the whole logits matrix at once).')
 
-  def loss(self, z, labels, targets, extra, *, axis_name):
+  def loss(self, outputs, labels, targets, extra, *, axis_name):
     del labels, targets, extra
+    z = outputs['z']
     return losses.nt_xent(z[:, 0], z[:, 1], temperature=self.cfg.temperature,
                           axis_name=axis_name, block_size=self.cfg.loss_block_size)
 

@@ -27,9 +27,9 @@ class SupCon(Method):
       raise ValueError(f'config.supcon.base_temperature={self.cfg.base_temperature} must be '
                        '>= 0 (0 = temperature).')
 
-  def loss(self, z, labels, targets, extra, *, axis_name):
+  def loss(self, outputs, labels, targets, extra, *, axis_name):
     del targets, extra
-    return losses.supcon(z, labels, temperature=self.cfg.temperature,
+    return losses.supcon(outputs['z'], labels, temperature=self.cfg.temperature,
                          base_temperature=self.cfg.base_temperature or None,
                          axis_name=axis_name)
 

@@ -32,21 +32,25 @@ __all__ = [
 class ContrastiveModel(nn.Module):
   """Encoder + projection head (+ online linear probe on stop_gradient(h)).
 
-  `__call__(x, train)` -> dict(h, z, proj, [probe_logits]), all float32:
+  `__call__(x, train)` -> dict(h, z, proj, [p], [probe_logits]), all float32:
   h = encoder output, proj = the head's list [h, out_1, ..., out_L],
-  z = proj[-1] (not normalised; the loss normalises). The probe sees
+  z = proj[-1] (not normalised; the loss normalises), p = the method's
+  predictor on z (BYOL, MoCo v3) when it has one. The probe sees
   stop_gradient(h) so its loss trains only the probe (SimCLR v2's
   "linear eval while pretraining").
   """
   encoder: nn.Module
   head: nn.Module
   num_classes: int = 0
+  predictor: Optional[nn.Module] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> dict[str, Any]:
     h = self.encoder(x, train=train)
     proj = [p.astype(jnp.float32) for p in self.head(h, train=train)]
     out = dict(h=h.astype(jnp.float32), z=proj[-1], proj=proj)
+    if self.predictor is not None:
+      out['p'] = self.predictor(out['z'], train=train).astype(jnp.float32)
     if self.num_classes > 0:
       out['probe_logits'] = LinearHead(self.num_classes, name='probe')(
           jax.lax.stop_gradient(out['h']))
@@ -127,10 +131,13 @@ def build_head(model_cfg: ml_collections.ConfigDict, keep: int = 0) -> Projectio
 
 def build_model(model_cfg: ml_collections.ConfigDict, num_classes: int,
                 conv_cls: Any = None,
-                kernels_cfg: Optional[ml_collections.ConfigDict] = None) -> ContrastiveModel:
-  """Encoder + projection head from config.model; num_classes > 0 adds the probe."""
+                kernels_cfg: Optional[ml_collections.ConfigDict] = None,
+                predictor: Optional[nn.Module] = None) -> ContrastiveModel:
+  """Encoder + projection head from config.model; num_classes > 0 adds the
+  probe; `predictor` (a method's, on z) adds output 'p'."""
   return ContrastiveModel(encoder=build_encoder(model_cfg, conv_cls, kernels_cfg),
-                          head=build_head(model_cfg), num_classes=num_classes)
+                          head=build_head(model_cfg), num_classes=num_classes,
+                          predictor=predictor)
 
 
 def tiny_model_config() -> ml_collections.ConfigDict:
