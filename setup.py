@@ -24,6 +24,9 @@ setup(
         'numpy>=1.26',
         'tensorboardX>=2.6',
         'pillow>=9',  # tensorboardX encodes the image summaries (augmented pairs) with it
+        # eval's embedding plots (PCA, t-SNE): the main job's output includes them.
+        'matplotlib>=3.7',
+        'scikit-learn>=1.3',
         'tensorflow-datasets>=4.9.3',
         # The host input pipeline only; the training path never imports it.
         'tensorflow-cpu>=2.16; platform_machine=="x86_64"',
@@ -37,7 +40,6 @@ setup(
     extras_require={
         # importlib_resources: tfds' store_as_tfds_dataset, which writes the tests'
         # small prepared dataset of photos of varying sizes.
-        'dev': ['pytest>=7', 'scikit-learn>=1.3', 'matplotlib>=3.7', 'importlib_resources'],
-        'plots': ['matplotlib>=3.7', 'scikit-learn>=1.3'],
+        'dev': ['pytest>=7', 'importlib_resources'],
     },
 )

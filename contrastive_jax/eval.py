@@ -380,15 +380,15 @@ def _plot(ctx: _Context, features: np.ndarray, labels: np.ndarray, step: int) ->
     else:
       points = plots.tsne_2d(x, seed=config.seed)
       if points is None:
-        logging.warning('No t-SNE plot: scikit-learn is not installed '
-                        '(pip install contrastive_jax[plots]).')
+        logging.warning('No t-SNE plot: scikit-learn is not installed (pip install '
+                        'scikit-learn; setup.py lists it, so reinstall contrastive_jax).')
         continue
     path = os.path.join(ctx.outdir, f'embedding_{method}.png')
     title = (f'{os.path.basename(os.path.normpath(config.init_from))} step {step}: '
              f'{config.feature} of {len(x)} test examples ({method.upper()})')
     if plots.scatter_png(points, y, path, title=title) is None:
-      logging.warning('No embedding plots: matplotlib is not installed '
-                      '(pip install contrastive_jax[plots]).')
+      logging.warning('No embedding plots: matplotlib is not installed (pip install '
+                      'matplotlib; setup.py lists it, so reinstall contrastive_jax).')
       break
     written.append(path)
   return written

@@ -1,8 +1,8 @@
 """2-D embeddings of features (PCA, t-SNE) drawn as PNG scatter plots.
 
 PCA is NumPy (SVD). t-SNE needs scikit-learn and the drawing needs matplotlib
-(`pip install contrastive_jax[plots]`); both are imported inside functions, and
-a missing one makes the function return None instead of failing an evaluation.
+(both dependencies of the package); both are imported inside functions, and a
+missing one makes the function return None instead of failing an evaluation.
 matplotlib is used through its object API with the Agg canvas, so no global
 backend is set and no display is needed.
 """
