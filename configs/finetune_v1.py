@@ -14,8 +14,8 @@ global BN; 60 epochs over the labelled subset for 1%, 30 for 10%
 default here is 256, which suits the small (embedded / Fashion-MNIST) subsets.
 
 `:linear` is the paper's linear evaluation protocol: only a linear classifier
-on h is trained (fine_tune_after_block=4: the encoder and its BatchNorm
-statistics stay as pretrained), on every training label, with crop + flip
+on h is trained (fine_tune_after_block=classifier.FREEZE_ALL: the encoder and
+its BatchNorm statistics stay as pretrained), on every training label, with crop + flip
 inputs, Nesterov momentum, LR 0.1 x B/256 (1.6 at 4096), 90 epochs, weight
 decay 1e-6 (the official README's linear-eval command). The eval binary's
 linear probe is the cheap alternative: it fits the classifier on cached,

@@ -277,7 +277,7 @@ def test_classifier_mode_scores_the_classifier_on_test(pretrain_dir, idx_dir, tm
   monkeypatch.setattr(export, 'load_classifier', None)
   results = eval_lib.evaluate(config, str(tmp_path / 'eval'))
   even = np.array([int(img.sum()) % 2 == 0 for img in test.images])
-  assert asked == [(pretrain_dir, 6, ['batch_stats', 'opt_state', 'params', 'step'])]
+  assert asked == [(pretrain_dir, 6, ['batch_stats', 'extra', 'opt_state', 'params', 'step'])]
   assert results['classifier_examples'] == 100
   assert results['classifier_top1'] == pytest.approx(even.mean())
   assert results['classifier_top5'] == 1.0
@@ -317,10 +317,11 @@ def test_feature_model_without_a_full_head_gives_h_only(pretrain_dir):
   # A fine-tuned classifier keeps the encoder and perhaps the first head layer.
   partial = dict(state, params={'encoder': state['params']['encoder'],
                                 'classifier': {'kernel': np.zeros((16, 10))}})
-  module, variables = eval_lib.feature_model(run_config.model, partial)
+  modality = modalities.build(run_config, (16, 16, 1))
+  module, variables = eval_lib.feature_model(run_config.model, partial, modality)
   assert isinstance(module, eval_lib.EncoderFeatures)
   assert set(variables['params']) == {'encoder'}
-  module, variables = eval_lib.feature_model(run_config.model, state)
+  module, variables = eval_lib.feature_model(run_config.model, state, modality)
   assert set(variables['params']) == {'encoder', 'head'}  # the online probe is dropped
 
 

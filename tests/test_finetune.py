@@ -121,7 +121,7 @@ def test_ft_proj_selector_sets_the_classifier_input_width():
   with pytest.raises(ValueError, match='ft_proj_selector'):
     classifier_lib.build_classifier(model_cfg, 10, ft_proj_selector=3)
   # pool='flatten': h is the last 4x4x16 map of an 8 px input.
-  model_cfg.pool = 'flatten'
+  model_cfg.resnet.pool = 'flatten'
   for selector, width in ((0, 256), (1, 24)):
     model = classifier_lib.build_classifier(model_cfg, 10, ft_proj_selector=selector)
     variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)

@@ -84,7 +84,7 @@ def test_write_config_and_json(tmp_path):
   loaded = json.load(open(os.path.join(workdir, 'config.json')))
   assert loaded == {'seed': 0, 'model': {'stage_sizes': [1, 1], 'depth': 0},
                     'lr': 0.5, 'name': 'x'}
-  assert ml_collections.ConfigDict(loaded).model.resnet.stage_sizes == [1, 1]
+  assert ml_collections.ConfigDict(loaded).model.stage_sizes == [1, 1]
   assert json.load(open(os.path.join(workdir, 'eval', 'results.json'))) == {
       'top1': 0.75, 'steps': [1, 2]}
   assert any(kind == 'tensor' or tag.startswith('config') for _, tag, kind, _ in _events(workdir))

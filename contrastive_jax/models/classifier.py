@@ -35,6 +35,9 @@ from contrastive_jax.models import build_encoder, build_head, encoder_width, enc
 from contrastive_jax.models.heads import LinearHead
 
 FreezeLevel = Callable[[str], Optional[int]]
+# A fine_tune_after_block value that trains only the classifier whatever the
+# encoder: any value at or above the encoder's freeze_all does (4 for a ResNet).
+FREEZE_ALL = 99
 
 
 def freeze_all_level(model_cfg: ml_collections.ConfigDict) -> int:
@@ -151,10 +154,11 @@ def feature_width(model_cfg: ml_collections.ConfigDict, ft_proj_selector: int,
 
 def check_fine_tune_after_block(model_cfg: ml_collections.ConfigDict, value: int) -> None:
   top = freeze_all_level(model_cfg)
-  if not -1 <= value <= top:
+  if value < -1:
     raise ValueError(f'config.fine_tune_after_block={value}; choose -1 (train all), 0..'
                      f'{top - 1} (freeze the encoder up to that group: for a ResNet 0 is the '
-                     f'stem, k the stem and stages 1..k) or {top} (only the classifier).')
+                     f'stem, k the stem and stages 1..k) or {top} and above (only the '
+                     'classifier).')
 
 
 def build_classifier(model_cfg: ml_collections.ConfigDict, num_classes: int, *,
