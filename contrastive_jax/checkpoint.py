@@ -22,6 +22,13 @@ orbax: after the checksums are written, so the newest verified step is never
 the one deleted, and a step is deleted by renaming it out of the listing
 first, so a kill in the middle never leaves a half-deleted step listed.
 
+Write errors: a save that fails (a full disk, an I/O error) surfaces in the
+main thread at the next wait (orbax writes in a background thread, and
+tensorstore reports the OS error as a ValueError carrying its errno); it is
+raised as one errors.CheckpointWriteError naming the directory, the space a
+step needs and the step a rerun resumes from. The half-written step is
+removed (it was never listed) and the committed steps are left as they are.
+
 Usage (trainer):
   ckpt = Checkpointer(workdir + '/checkpoints', max_to_keep=config.keep_checkpoints)
   if ckpt.latest_step() is not None:
@@ -39,10 +46,13 @@ Usage (continuous evaluator, never writes):
 
 from __future__ import annotations
 
+import errno
+import glob
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import weakref
@@ -52,7 +62,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from contrastive_jax import metrics_io
+from contrastive_jax import errors, metrics_io
 
 PyTree = Any
 
@@ -149,6 +159,8 @@ class Checkpointer:
     self.read_only = read_only
     self.max_to_keep = max_to_keep
     self._pending: list[int] = []   # saved by this writer, checksums not yet written
+    self._state_bytes = 0           # the last saved state's array bytes
+    self._failed: errors.CheckpointWriteError | None = None   # a write failed (reported)
     if read_only:
       # Options orbax would otherwise reset (with a warning) for a reader; no
       # async machinery either: a reader has nothing to write.
@@ -215,31 +227,103 @@ class Checkpointer:
       raise TypeError(f'Checkpoint `extra` must be JSON-serialisable: {e}') from e
     if not force and not self._manager.should_save(step):
       return False
-    self._manager.wait_until_finished()   # the previous save: checksum it, apply keep-K
+    self._wait_manager()   # the previous save: checksum it, apply keep-K
     self._finish_pending()
     self._pending.append(step)
-    return bool(self._manager.save(
-        step,
-        args=ocp.args.Composite(**{
-            STATE_ITEM: ocp.args.StandardSave(state),
-            EXTRA_ITEM: ocp.args.JsonSave(extra),
-        }),
-        force=force))
+    self._state_bytes = sum(int(getattr(x, 'nbytes', 0)) for x in jax.tree.leaves(state))
+    try:
+      return bool(self._manager.save(
+          step,
+          args=ocp.args.Composite(**{
+              STATE_ITEM: ocp.args.StandardSave(state),
+              EXTRA_ITEM: ocp.args.JsonSave(extra),
+          }),
+          force=force))
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._write_failed(e) or e
 
   def wait(self) -> None:
-    """Blocks until any in-flight asynchronous save is committed (and checksummed)."""
-    self._manager.wait_until_finished()
+    """Blocks until any in-flight asynchronous save is committed (and checksummed).
+
+    Raises:
+      errors.CheckpointWriteError: the save failed (no space left, ...).
+    """
+    self._wait_manager()
     self._finish_pending()
 
   def close(self) -> None:
-    """Waits for in-flight saves and deletions, then releases orbax threads."""
+    """Waits for in-flight saves and deletions, then releases orbax threads.
+
+    After a write failure that was already raised, closes without raising it
+    again (orbax re-raises a failed background save at every wait).
+    """
     _OPEN.discard(self)
     try:
       if not self.read_only:
-        self._manager.wait_until_finished()
+        self._wait_manager()
         self._finish_pending()
     finally:
-      self._manager.close()
+      try:
+        self._manager.close()
+      except Exception:  # pylint: disable=broad-except
+        if self._failed is None:
+          raise
+        _close_after_failure(self._manager)
+
+  # -- Write errors ----------------------------------------------------------------
+
+  def _wait_manager(self) -> None:
+    """orbax's wait for the in-flight save, its failure as CheckpointWriteError."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      if self._failed is not None:
+        return   # the same failed save, re-raised by orbax: reported already
+      raise self._write_failed(e) or e
+
+  def _write_failed(self, e: BaseException, checksums_of: int | None = None
+                    ) -> errors.CheckpointWriteError | None:
+    """The error to raise for a failed write (None: not an OS-level write
+    error, re-raise `e` as it is). Removes the failed step's half-written
+    directory; leaves every committed step alone. `checksums_of`: the
+    committed step whose checksums could not be written."""
+    code = _os_error_code(e)
+    if code is None:
+      return None
+    if checksums_of is not None:
+      step, where = checksums_of, f'the checksums of checkpoint step {checksums_of}'
+    else:
+      failed = [s for s in self._pending if s not in self._manager.all_steps()]
+      step = failed[-1] if failed else (self._pending[-1] if self._pending else None)
+      where = f'checkpoint step {step}' if step is not None else 'a checkpoint'
+    self._pending = []
+    if _is_primary() and step is not None and not _is_remote(self.directory):
+      for tmp in glob.glob(os.path.join(self.directory, f'{step}.orbax-checkpoint-tmp*')):
+        shutil.rmtree(tmp, ignore_errors=True)
+    intact = sorted(s for s in self._manager.all_steps()
+                    if s != step or checksums_of is not None)
+    if intact:
+      resume = f'it resumes from step {intact[-1]}, which is intact'
+    else:
+      resume = 'no checkpoint was written before it, so the run starts again at step 0'
+    if code in (errno.ENOSPC, errno.EDQUOT):
+      if intact:
+        need, basis = (_dir_bytes(self.step_dir(intact[-1])),
+                       f'the size of step {intact[-1]} on disk')
+      else:
+        need, basis = self._state_bytes, "the size of the state's arrays"
+      free = _free_bytes(self.directory)
+      message = (f'No space left on device while writing {where} to {self.directory}: a '
+                 f'checkpoint step needs about {_human(need)} ({basis})'
+                 + (f' and {_human(free)} are free there' if free is not None else '')
+                 + '. Free some space (or use another --workdir) and rerun the same command: '
+                 f'{resume}.')
+    else:
+      detail = ' '.join(str(e).split())
+      message = (f'Writing {where} to {self.directory} failed: {os.strerror(code)} '
+                 f'({detail[:300]}). Fix it and rerun the same command: {resume}.')
+    self._failed = errors.CheckpointWriteError(code, message, self.directory)
+    return self._failed
 
   # -- Integrity ----------------------------------------------------------------
 
@@ -252,7 +336,12 @@ class Checkpointer:
     committed = set(self._manager.all_steps())
     for step in pending:
       if step in committed and _is_primary() and not _is_remote(self.directory):
-        write_checksums(self.step_dir(step))
+        try:
+          write_checksums(self.step_dir(step))
+        except OSError as e:
+          # The step itself is committed (and restores without checksums).
+          _remove(os.path.join(self.step_dir(step), CHECKSUM_FILE + '.tmp'))
+          raise self._write_failed(e, checksums_of=step) or e
     self._apply_keep()
 
   def _apply_keep(self) -> None:
@@ -483,6 +572,83 @@ def verify_checksums(step_dir: str) -> tuple[bool | None, str]:
     if actual[rel] != digest:
       return False, f'{rel} differs from what was written'
   return True, ''
+
+
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+
+
+def _os_error_code(e: BaseException) -> int | None:
+  """The errno of a failed write: an OSError's own, or the one tensorstore
+  puts in its message ("... No space left on device [os_error_code='28']"),
+  looked for along the exception's causes."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno:
+      return e.errno
+    text = str(e)
+    match = _OS_ERROR_CODE.search(text)
+    if match:
+      return int(match.group(1))
+    if 'No space left on device' in text:
+      return errno.ENOSPC
+    e = e.__cause__ or e.__context__
+  return None
+
+
+def is_write_error(e: BaseException) -> bool:
+  """Whether `e` is a failed write at the OS level (see _os_error_code)."""
+  return _os_error_code(e) is not None
+
+
+def _dir_bytes(path: str) -> int:
+  """Bytes a directory takes on disk (allocated blocks: a filesystem stores
+  each small file in whole blocks)."""
+  total = 0
+  for root, _, names in os.walk(path):
+    for name in names:
+      try:
+        st = os.stat(os.path.join(root, name))
+      except OSError:
+        continue
+      total += max(st.st_size, getattr(st, 'st_blocks', 0) * 512)
+  return total
+
+
+def _free_bytes(path: str) -> int | None:
+  try:
+    return shutil.disk_usage(path).free
+  except OSError:
+    return None
+
+
+def _human(n: int) -> str:
+  for unit in ('bytes', 'KiB', 'MiB', 'GiB'):
+    if n < 1024 or unit == 'GiB':
+      return f'{n:.0f} {unit}' if unit == 'bytes' else f'{n:.1f} {unit}'
+    n /= 1024
+  return f'{n:.1f} TiB'
+
+
+def _remove(path: str) -> None:
+  try:
+    os.remove(path)
+  except OSError:
+    pass
+
+
+def _close_after_failure(manager: Any) -> None:
+  """The rest of CheckpointManager.close() after its wait re-raised a failed
+  save: the asynchronous writer, metadata stores and deleter still hold
+  threads, which must stop before the interpreter does."""
+  for name in ('_checkpointer', '_non_blocking_metadata_store', '_blocking_metadata_store',
+               '_checkpoint_deleter'):
+    part = getattr(manager, name, None)
+    try:
+      if part is not None:
+        part.close()
+    except Exception:  # pylint: disable=broad-except
+      pass
 
 
 def _all_finite(tree: PyTree) -> bool:

@@ -310,10 +310,22 @@ _HARMLESS = ('Unable to initialize backend', 'directory is read only',
 
 
 class _QuietLibraries:
-  """A logging filter: progress and results, and real warnings, only."""
+  """A logging filter: progress and results, and real warnings, only.
+
+  orbax also logs, with its traceback, every failure of a background save
+  thread, which the main thread then raises (as errors.CheckpointWriteError
+  when the write failed), and asyncio logs the sibling writes that failed
+  the same way at exit ("Future exception was never retrieved"): those
+  repeats are dropped too.
+  """
 
   def filter(self, record) -> bool:
     if record.levelno < 30 and any(p in record.pathname for p in _LIBRARY_PATHS):
+      return False
+    exc = record.exc_info[1] if record.exc_info else None
+    if exc is not None and (
+        ('/orbax/' in record.pathname and 'thread' in record.getMessage().lower())
+        or (record.name == 'asyncio' and checkpoint.is_write_error(exc))):
       return False
     return not any(h in record.getMessage() for h in _HARMLESS)
 
@@ -338,8 +350,9 @@ def _exit_code(e: BaseException) -> int | None:
     return errors.EXIT_DIVERGED
   if isinstance(e, errors.WorkdirLockedError):
     return errors.EXIT_LOCKED
-  if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-    return 1
+  if isinstance(e, errors.CheckpointWriteError) or (
+      isinstance(e, OSError) and e.errno == errno.ENOSPC):
+    return errors.EXIT_WRITE_FAILED
   if isinstance(e, (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError,
                     TimeoutError, KeyError, AttributeError, TypeError)):
     return errors.EXIT_USER_ERROR
@@ -348,7 +361,8 @@ def _exit_code(e: BaseException) -> int | None:
 
 def _fail(e: BaseException, code: int) -> None:
   message = _user_message(e)
-  if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+  if (isinstance(e, OSError) and e.errno == errno.ENOSPC
+      and not isinstance(e, errors.CheckpointWriteError)):
     message = (f'No space left on device while writing {e.filename or "the workdir"}: '
                'free some space (or point --workdir elsewhere) and rerun the same command; '
                'the checkpoints written before are intact.')
