@@ -268,3 +268,154 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array,
   count = jnp.maximum(mask.sum(), 1.0)
   acc = jnp.sum((jnp.argmax(logits, -1) == safe) * mask) / count
   return jnp.sum(nll * mask) / count, acc
+
+
+# --- Momentum / memory methods (methods/momentum.py, byol.py, moco.py, mocov3.py) ---
+# The momentum network's outputs and the queue are targets: they pass through
+# stop_gradient here, so no gradient reaches them whatever the caller does.
+
+def _global_count(n: int, axis_name: Optional[str]) -> jax.Array:
+  return _global_sum(jnp.asarray(n, jnp.float32), axis_name)
+
+
+def nt_xent_memory(z1: jax.Array, z2: jax.Array, memory: jax.Array, *, temperature: float,
+                   axis_name: Optional[str] = None) -> tuple[jax.Array, Metrics]:
+  """NT-Xent whose negatives are the global batch plus a memory of keys (SimCLR v2).
+
+  Args:
+    z1, z2: [n, d] online projections of the two views of n images (this
+      device's rows under `axis_name`); L2-normalised here.
+    memory: [M, d] keys of earlier steps (the momentum network's projections),
+      the same on every device; L2-normalised here; no gradient.
+    temperature, axis_name: as `nt_xent`.
+
+  Returns:
+    (loss, metrics): `nt_xent`'s loss with the M memory logits added to every
+    anchor's denominator: the mean over the 2N anchors of -log softmax of the
+    positive among the 2N - 1 other views and the M keys. metrics:
+    `contrast_acc` (the positive beats the other view's N - 1 negatives and the
+    M keys), `contrast_entropy` (of that softmax).
+  """
+  z1, z2 = _l2_normalize(z1), _l2_normalize(z2)
+  memory = jax.lax.stop_gradient(_l2_normalize(memory))
+  z1_all, offset = _gather(z1, axis_name)
+  z2_all, _ = _gather(z2, axis_name)
+  n, big_n = z1.shape[0], z1_all.shape[0]
+  labels = offset + jnp.arange(n)
+  inv_t = 1.0 / temperature
+
+  anchors = jnp.concatenate([z1, z2], 0)                            # [2n, d]
+  batch = jnp.concatenate([z1_all, z2_all], 0)                      # [2N, d]
+  self_col = jnp.concatenate([labels, labels + big_n], 0)
+  logits = anchors @ batch.T * inv_t
+  logits = jnp.where(jnp.arange(2 * big_n)[None, :] == self_col[:, None], _MASK, logits)
+  logits = jnp.concatenate([logits, anchors @ memory.T * inv_t], 1)  # [2n, 2N + M]
+  positive = jnp.sum(z1 * z2, -1) * inv_t
+  positive = jnp.concatenate([positive, positive], 0)
+  loss = _global_sum(jnp.sum(jax.nn.logsumexp(logits, -1) - positive), axis_name) / (2 * big_n)
+
+  # Metrics: the other view's candidates and the memory.
+  sg = jax.lax.stop_gradient
+  correct, entropy = 0.0, 0.0
+  for anchor, cand in ((z1, z2_all), (z2, z1_all)):
+    cross = jnp.concatenate([anchor @ cand.T, anchor @ memory.T], 1) * inv_t
+    cross = sg(cross)
+    correct = correct + jnp.sum(jnp.argmax(cross, -1) == labels)
+    entropy = entropy + jnp.sum(_entropy(cross))
+  denom = 2 * big_n
+  return loss, {'contrast_acc': _global_sum(jnp.asarray(correct, jnp.float32), axis_name) / denom,
+                'contrast_entropy': _global_sum(entropy, axis_name) / denom}
+
+
+def info_nce_queue(q: jax.Array, k: jax.Array, queue: jax.Array, *, temperature: float,
+                   axis_name: Optional[str] = None) -> tuple[jax.Array, Metrics]:
+  """MoCo's InfoNCE (He et al. 2019; v2: Chen et al. 2020): each query against its
+  key (the positive) and the queue's keys (the negatives).
+
+  Args:
+    q: [n, d] online projections (queries) of this device's images.
+    k: [n, d] the momentum network's projections (keys) of another view of the
+      same images; no gradient.
+    queue: [K, d] keys of earlier steps, the same on every device; no gradient.
+    Each is L2-normalised here.
+
+  Returns:
+    (loss, metrics): the mean over the N global queries of
+    -log(exp(q.k / T) / (exp(q.k / T) + sum_j exp(q.queue_j / T))), as MoCo's
+    cross entropy over [l_pos, l_neg] with label 0. metrics: `contrast_acc`
+    (the key beats every queue entry), `contrast_entropy`.
+  """
+  q = _l2_normalize(q)
+  k = jax.lax.stop_gradient(_l2_normalize(k))
+  queue = jax.lax.stop_gradient(_l2_normalize(queue))
+  inv_t = 1.0 / temperature
+  positive = jnp.sum(q * k, -1) * inv_t                              # [n]
+  logits = jnp.concatenate([positive[:, None], q @ queue.T * inv_t], 1)   # [n, 1 + K]
+  total = _global_count(q.shape[0], axis_name)
+  loss = _global_sum(jnp.sum(jax.nn.logsumexp(logits, -1) - positive), axis_name) / total
+  sg = jax.lax.stop_gradient(logits)
+  correct = jnp.sum(jnp.argmax(sg, -1) == 0).astype(jnp.float32)
+  return loss, {'contrast_acc': _global_sum(correct, axis_name) / total,
+                'contrast_entropy': _global_sum(jnp.sum(_entropy(sg)), axis_name) / total}
+
+
+def moco_v3_info_nce(q: jax.Array, k: jax.Array, *, temperature: float,
+                     axis_name: Optional[str] = None) -> tuple[jax.Array, Metrics]:
+  """MoCo v3's symmetric InfoNCE (Chen, Xie & He 2021) over the global batch.
+
+  Args:
+    q: [n, 2, d] the online network's predictions of both views.
+    k: [n, 2, d] the momentum network's projections of both views (no
+      gradient), all-gathered over `axis_name`: the N keys of the other view
+      are each query's candidates, its own image's key the positive.
+    Each is L2-normalised here.
+
+  Returns:
+    (loss, metrics): as facebookresearch/moco-v3's `ctr_loss(q1, k2) +
+    ctr_loss(q2, k1)`, i.e. 2T x (CE(q1 vs k2) + CE(q2 vs k1)), each CE the mean
+    over the N queries (the 2T factor is the official code's, so its learning
+    rates carry over). metrics: `contrast_acc` (the positive key has the
+    largest logit, both directions), `contrast_entropy`.
+  """
+  q = _l2_normalize(q)
+  k = jax.lax.stop_gradient(_l2_normalize(k))
+  k_all, offset = _gather(k, axis_name)
+  n, big_n = q.shape[0], k_all.shape[0]
+  labels = offset + jnp.arange(n)
+  inv_t = 1.0 / temperature
+  ce, correct, entropy = 0.0, 0.0, 0.0
+  for qv, kv in ((q[:, 0], k_all[:, 1]), (q[:, 1], k_all[:, 0])):
+    logits = qv @ kv.T * inv_t                                        # [n, N]
+    positive = jnp.take_along_axis(logits, labels[:, None], -1)[:, 0]
+    ce = ce + jnp.sum(jax.nn.logsumexp(logits, -1) - positive)
+    sg = jax.lax.stop_gradient(logits)
+    correct = correct + jnp.sum(jnp.argmax(sg, -1) == labels)
+    entropy = entropy + jnp.sum(_entropy(sg))
+  loss = 2.0 * temperature * _global_sum(ce, axis_name) / big_n
+  return loss, {'contrast_acc': _global_sum(jnp.asarray(correct, jnp.float32), axis_name)
+                / (2 * big_n),
+                'contrast_entropy': _global_sum(entropy, axis_name) / (2 * big_n)}
+
+
+def byol_regression(p: jax.Array, z: jax.Array, *,
+                    axis_name: Optional[str] = None) -> tuple[jax.Array, Metrics]:
+  """BYOL's symmetric normalised MSE (Grill et al. 2020).
+
+  Args:
+    p: [n, 2, d] the online network's predictions of both views.
+    z: [n, 2, d] the target (momentum) network's projections; no gradient.
+
+  Returns:
+    (loss, metrics): as deepmind-research/byol's `regression_loss(p1, z2) +
+    regression_loss(p2, z1)`, averaged over the N global images, where
+    regression_loss = ||p/|p| - z/|z|||^2 = 2 - 2 cos(p, z); so in [0, 8].
+    metrics: `cosine`, the mean cosine of a prediction and its target.
+  """
+  p = _l2_normalize(p)
+  z = jax.lax.stop_gradient(_l2_normalize(z))
+  per_image = (jnp.sum((p[:, 0] - z[:, 1]) ** 2, -1) + jnp.sum((p[:, 1] - z[:, 0]) ** 2, -1))
+  total = _global_count(p.shape[0], axis_name)
+  loss = _global_sum(jnp.sum(per_image), axis_name) / total
+  cos = jnp.sum(p[:, 0] * z[:, 1], -1) + jnp.sum(p[:, 1] * z[:, 0], -1)
+  cos = _global_sum(jnp.sum(jax.lax.stop_gradient(cos)), axis_name) / (2 * total)
+  return loss, {'cosine': cos}
