@@ -10,5 +10,6 @@ module before the binary runs is enough (the built-in ones are imported here).
 
 from contrastive_jax.methods.base import METHODS, Method, StepContext, build, method_config
 from contrastive_jax.methods import simclr, supcon  # registers the built-in methods
+from contrastive_jax.methods import byol, moco, mocov3  # momentum methods (methods/momentum.py)
 
 __all__ = ['METHODS', 'Method', 'StepContext', 'build', 'method_config']
