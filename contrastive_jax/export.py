@@ -10,8 +10,9 @@
 
 The workdir's `config.json` says how to rebuild the model; the checkpoint gives
 the parameters and BatchNorm statistics. Optimizer state is never loaded, nor
-a method's extra state. The run's modality (from its data source) prepares
-the inputs, so the same calls serve any modality.
+a method's extra state, except a momentum network on request
+(`load_encoder(workdir, network='momentum')`). The run's modality (from its
+data source) prepares the inputs, so the same calls serve any modality.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ class Pretrained:
   step: int
 
 
+# load_encoder's choices: the trained network, or a method's momentum copy.
+NETWORKS = ('online', 'momentum')
+
+
 def _head_classes(params: dict[str, Any], name: str) -> int:
   """Output width of a linear head module (0 when the module is absent)."""
   if name not in params:
@@ -59,9 +64,12 @@ def _head_classes(params: dict[str, Any], name: str) -> int:
   return int(kernel.shape[-1])
 
 
-def _restore(workdir: str, step: Optional[int]) -> tuple[Any, Any, int]:
+def _restore(workdir: str, step: Optional[int], network: str = 'online'
+             ) -> tuple[Any, Any, int]:
   """(params, batch_stats, step) of a checkpoint of `workdir` (latest by default),
-  read without holding a checkpoint writer."""
+  read without holding a checkpoint writer; `network`: see load_encoder."""
+  if network not in NETWORKS:
+    raise ValueError(f'network={network!r}; choose one of {NETWORKS}.')
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
   try:
     step = ckpt.latest_step() if step is None else step
@@ -70,13 +78,21 @@ def _restore(workdir: str, step: Optional[int]) -> tuple[Any, Any, int]:
     state, _ = ckpt.restore(step)
   finally:
     ckpt.close()
+  if network == 'momentum':
+    extra = state.get('extra') or {}
+    if 'params' not in extra:
+      raise ValueError(f'The checkpoint in {workdir} has no momentum network: its method '
+                       "keeps none (use network='online').")
+    return extra['params'], extra.get('batch_stats', {}), int(step)
   return state['params'], state.get('batch_stats', {}), int(step)
 
 
-def load_pretrained(workdir: str, step: Optional[int] = None) -> Pretrained:
-  """Restores params + batch_stats of a pretraining run (latest step by default)."""
+def load_pretrained(workdir: str, step: Optional[int] = None,
+                    network: str = 'online') -> Pretrained:
+  """Restores params + batch_stats of a pretraining run (latest step by default);
+  `network`: see load_encoder."""
   config = read_config(workdir)
-  params, batch_stats, step = _restore(workdir, step)
+  params, batch_stats, step = _restore(workdir, step, network)
   model = build_model(config.model, num_classes=_head_classes(params, 'probe'),
                       kernels_cfg=config.get('kernels'))
   return Pretrained(config=config, model=model, step=int(step),
@@ -124,9 +140,15 @@ def _input_shape(variables: dict[str, Any]) -> Optional[tuple[int, ...]]:
   return (None, None, min(int(np.shape(k)[-2]) for k in kernels))
 
 
-def load_encoder(workdir: str, step: Optional[int] = None) -> Encoder:
-  """The trained encoder of a pretraining workdir, ready to call on images."""
-  return Encoder(load_pretrained(workdir, step))
+def load_encoder(workdir: str, step: Optional[int] = None,
+                 network: str = 'online') -> Encoder:
+  """The trained encoder of a pretraining workdir, ready to call on images.
+
+  network: 'online' (the trained network) or 'momentum': the momentum (EMA)
+  network of a method that keeps one (BYOL, MoCo, SimCLR with memory; its
+  TrainState.extra['params'] and ['batch_stats'], methods/momentum.py).
+  """
+  return Encoder(load_pretrained(workdir, step, network))
 
 
 class Classifier:
