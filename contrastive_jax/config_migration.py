@@ -27,6 +27,20 @@ _KERNEL_KEYS = ('conv', 'conv_xla_wgrad_below')
 _OLD_ENCODER = 'resnet'   # every config.model was a ResNet before the encoder registry
 
 
+def renamed(key: str) -> str | None:
+  """Where an old dotted key (as in --config.KEY=...) lives now, or None."""
+  if key == 'mode':
+    return 'method'
+  if key in _METHOD_KEYS:
+    return f'<method>.{key} (e.g. simclr.{key})'
+  head, _, leaf = key.partition('.')
+  if head == 'model' and leaf in models.ENCODERS.get(_OLD_ENCODER).arch_keys:
+    return f'model.{_OLD_ENCODER}.{leaf}'
+  if head == 'model' and leaf in _KERNEL_KEYS:
+    return f'kernels.{leaf}'
+  return None
+
+
 def migrate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """An unlocked copy of `config` in today's layout (unchanged when already so)."""
   d = config.to_dict()

@@ -386,6 +386,7 @@ def run_binary(entry: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
   from absl import app, flags  # pylint: disable=g-import-not-at-top
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from contrastive_jax import config_migration  # pylint: disable=g-import-not-at-top
   from contrastive_jax.kernels import xla_cpu  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file('config', None, 'Path to a config file (get_config()).',
                                   lock_config=True)
@@ -399,7 +400,17 @@ def run_binary(entry: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
       return flags.FLAGS(argv)
     except Exception as e:  # pylint: disable=broad-except
       overrides = [a for a in argv[1:] if a.startswith('--config')]
-      sys.stderr.write(f'error: {_user_message(e)} (flags: {" ".join(overrides)})\n')
+      message = _user_message(e)
+      for arg in overrides:
+        key = arg[len('--config.'):].split('=')[0] if arg.startswith('--config.') else ''
+        if config_migration.renamed(key):
+          message = (f'config.{key} is now config.{config_migration.renamed(key)}; write '
+                     f'--config.{config_migration.renamed(key).split(" ")[0]}=...')
+          break
+      else:
+        if isinstance(e, (KeyError, AttributeError)) or 'Did you mean' in message:
+          message = f'unknown config key: {message}'
+      sys.stderr.write(f'error: {message} (flags: {" ".join(overrides)})\n')
       sys.exit(errors.EXIT_USER_ERROR)
 
   def main(argv):

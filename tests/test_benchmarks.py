@@ -264,7 +264,7 @@ def test_ntxent_scale_quick(tmp_path):
 def test_quality_quick_fixed_steps(tmp_path):
   out = tmp_path / 'q'
   stdout = _run('quality.py', ['--quick', '--steps', '3', '--skip-baselines', '--out', str(out),
-                               '--set', 'temperature=0.5'], {})
+                               '--set', 'simclr.temperature=0.5'], {})
   rows = _table_rows(stdout)
   assert [r[0] for r in rows] == ['SimCLR 3steps'] and rows[0][1] == '3', rows
   result = json.loads((out / 'quality.json').read_text())
