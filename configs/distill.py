@@ -18,14 +18,14 @@ Expected on 2 CPU cores with the embedded data and a configs/smoke.py-sized
 student: about 1 minute per 100 steps at batch 256.
 """
 
-from contrastive_jax import distill
+from contrastive_jax import distillation
 
 
 def get_config(arg: str | None = None):
   arg = arg or 'self'
   if arg not in ('self', 'small'):
     raise ValueError(f"configs/distill.py:{arg}; choose 'self' or 'small'.")
-  config = distill.distill_defaults()
+  config = distillation.distill_defaults()
   config.batch_size = 256
   config.num_epochs = 30
   config.log_every_steps = 25

@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -23,7 +23,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from contrastive_jax import config_defaults, export, files, losses, loop, optim, parallel, train
+from contrastive_jax import (config_defaults, export, files, losses, loop, optim, parallel, train,
+                             trainer)
 from contrastive_jax.data import pipeline, sources
 from contrastive_jax.modalities import Modality
 from contrastive_jax.models import HEAD_ARCH_KEYS, encoders
@@ -219,6 +220,25 @@ def copy_pretrained(state: train.TrainState, config: ml_collections.ConfigDict,
                config.init_from, step)
   return state.replace(params=params, opt_state=opt_state,
                        batch_stats=parallel.replicate(variables['batch_stats'], mesh))
+
+
+def model_and_state(run: Any, data: Any, num_classes: int, modality: Modality
+                    ) -> tuple[classifier_lib.Classifier, optax.GradientTransformation,
+                               optax.Schedule, train.TrainState, float, int]:
+  """What finetune and distill build the same way: the classifier, its
+  optimizer and schedule over `data`'s epochs, and the state (resumed from the
+  run's checkpoint, else initialised with config.init_from's encoder).
+  Returns (model, tx, schedule, state, steps_per_epoch, total_steps)."""
+  config = run.config
+  steps_per_epoch, total_steps, warmup_steps = trainer.schedule_lengths(
+      config, data.steps_per_epoch)
+  model = build_model(config, num_classes)
+  tx, schedule = build_optimizer(config, total_steps=total_steps, warmup_steps=warmup_steps)
+  state = run.init_or_resume(
+      lambda: train.init_state(model, tx, seed=config.seed, dummy_input=modality.dummy_input(),
+                               mesh=run.mesh), data, total_steps,
+      fresh_fn=lambda s: copy_pretrained(s, config, tx, run.mesh))
+  return model, tx, schedule, state, steps_per_epoch, total_steps
 
 
 # -----------------------------------------------------------------------------

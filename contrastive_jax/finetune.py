@@ -25,7 +25,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from contrastive_jax import classification, loop, modalities, train, trainer
+from contrastive_jax import classification, loop, modalities, trainer
 from contrastive_jax.data import sources
 
 RESULTS_FILE = 'finetune_results.json'
@@ -52,17 +52,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     raise ValueError(f'{config.data.name} has no labels; fine-tuning needs a labelled '
                      'config.data.source.')
   modality = modalities.build(config, data.input_shape)
-  steps_per_epoch, total_steps, warmup_steps = trainer.schedule_lengths(
-      config, data.steps_per_epoch)
 
   # --- Model and optimizer; pretrained weights unless resuming ----------------
-  model = classification.build_model(config, data.num_classes)
-  tx, schedule = classification.build_optimizer(config, total_steps=total_steps,
-                                                warmup_steps=warmup_steps)
-  state = run.init_or_resume(
-      lambda: train.init_state(model, tx, seed=config.seed, dummy_input=modality.dummy_input(),
-                               mesh=run.mesh), data, total_steps,
-      fresh_fn=lambda s: classification.copy_pretrained(s, config, tx, run.mesh))
+  model, tx, schedule, state, steps_per_epoch, total_steps = classification.model_and_state(
+      run, data, data.num_classes, modality)
 
   # --- Loop ---------------------------------------------------------------------
   step_fn = classification.make_train_step(model, tx, schedule, modality, run.mesh,

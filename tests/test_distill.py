@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from contrastive_jax import distill, export, finetune, losses
+from contrastive_jax import distill, distillation, export, finetune, losses
 from contrastive_jax.data import pipeline
 
 from tests.test_finetune import ft_config
@@ -35,7 +35,7 @@ def teacher_dir(pretrain_dir, tmp_path_factory):
 
 
 def distill_config(teacher, init_from, **overrides):
-  config = distill.distill_defaults()
+  config = distillation.distill_defaults()
   base = ft_config(init_from, **NO_AUGMENT)  # the same tiny-run settings as fine-tuning
   for key in ('batch_size', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
               'data', 'augment', 'optim'):
@@ -87,14 +87,14 @@ def test_results_file_and_student_architecture(student_run, teacher_dir):
 
 def test_resolve_config_picks_the_student_architecture(pretrain_dir, teacher_dir):
   config = distill_config(teacher_dir, '')
-  assert distill.resolve_config(config).model.resnet.base_width == 8          # the teacher's
+  assert distillation.resolve_config(config).model.resnet.base_width == 8          # the teacher's
   config.model_from = ''
   config.model.resnet.depth, config.model.resnet.stage_sizes, config.model.resnet.base_width = 0, (1,), 4
   config.model.resnet.block = 'basic'
-  assert distill.resolve_config(config).model.resnet.base_width == 4          # config.model
+  assert distillation.resolve_config(config).model.resnet.base_width == 4          # config.model
   config.teacher = ''
   with pytest.raises(ValueError, match='config.teacher'):
-    distill.resolve_config(config)
+    distillation.resolve_config(config)
 
 
 def test_objective_mixes_distillation_and_labelled_cross_entropy():
@@ -105,10 +105,10 @@ def test_objective_mixes_distillation_and_labelled_cross_entropy():
   batch = {'label': jnp.arange(6) % 10, 'labelled': jnp.array([1, 0, 1, 0, 0, 0], bool)}
   x = jnp.zeros((6, 8, 8, 1))
   same_size = types.SimpleNamespace(adapt=lambda x: x)   # the teacher's modality
-  pure = distill.make_objective(teacher, same_size, 2.0, 0.0)(student, batch, x, None)[0]
+  pure = distillation.make_objective(teacher, same_size, 2.0, 0.0)(student, batch, x, None)[0]
   np.testing.assert_allclose(pure, losses.distillation_loss(student, teacher_logits,
                                                             temperature=2.0), rtol=1e-6)
-  loss, metrics = distill.make_objective(teacher, same_size, 2.0, 0.25)(student, batch, x, None)
+  loss, metrics = distillation.make_objective(teacher, same_size, 2.0, 0.25)(student, batch, x, None)
   ce, _ = losses.softmax_cross_entropy(student, batch['label'], mask=batch['labelled'])
   np.testing.assert_allclose(loss, 0.75 * pure + 0.25 * ce, rtol=1e-6)
   assert int(metrics['labelled_rows']) == 2
@@ -116,5 +116,5 @@ def test_objective_mixes_distillation_and_labelled_cross_entropy():
 
 def test_labelled_mask_marks_the_teacher_subset():
   batches = iter([{'index': np.array([3, 4, 5, 6])}])
-  out = next(distill._with_labelled_mask(batches, np.array([4, 6, 100])))
+  out = next(distillation.with_labelled_mask(batches, np.array([4, 6, 100])))
   np.testing.assert_array_equal(out['labelled'], [False, True, False, True])
