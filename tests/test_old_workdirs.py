@@ -110,3 +110,23 @@ def test_an_old_style_config_trains_as_its_new_style_equivalent(tmp_path):
   a = pretrain.train_and_evaluate(old_style, str(tmp_path / 'old_style'))
   b = pretrain.train_and_evaluate(new, str(tmp_path / 'new_style'))
   assert a['loss'] == b['loss']
+
+
+@pytest.mark.slow
+def test_the_smoke_job_keeps_its_pre_redesign_loss_trajectory(tmp_path):
+  """configs/smoke.py for 12 steps on one CPU device with the default
+  convolution, as a real process: the losses the pre-redesign code logged
+  (reference.json; written on this project's 2-core CPU machines: oneDNN's
+  float sums may round differently on another instruction set)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
+             JAX_PLATFORMS='cpu')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'contrastive_jax.pretrain', '--config=configs/smoke.py',
+       f'--workdir={tmp_path}', '--config.total_steps=12', '--config.log_every_steps=1',
+       '--config.checkpoint_every_steps=100'], cwd=REPO, env=env, capture_output=True,
+      text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  logged = [r['loss'] for r in metrics_io.read_metrics(str(tmp_path)) if 'loss' in r]
+  np.testing.assert_allclose(logged, REFERENCE['smoke_12_steps']['losses'], rtol=1e-6)
