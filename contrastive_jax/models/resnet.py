@@ -54,6 +54,11 @@ STEMS = ('imagenet', 'cifar')
 # 'flatten' = the whole [H, W, C] map, so h keeps where things are (an
 # extension for small, centred images; configs/fashion_mnist.py says why).
 POOLS = ('avg', 'flatten')
+# The ImageNet stem's 3x3/2 max-pool: 'same' pads like TF (0 before, 1 after on
+# an even side; SimCLR's); 'torch' pads 1 on both sides like torchvision's
+# MaxPool2d(3, 2, padding=1), so torchvision weights import exactly
+# (contrastive_jax/interop). The two differ only on an even input side.
+STEM_POOLS = ('same', 'torch')
 
 # He init (variance scaling 2.0, fan-in, truncated normal). Every conv is
 # followed by BN, so the scale only sets the initial weight norm, not the
@@ -236,6 +241,7 @@ class ResNet(nn.Module):
   stem_stride: int = 1
   sk_ratio: float = 0.0
   pool: str = 'avg'
+  stem_pool: str = 'same'
   dtype: Any = jnp.float32
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
@@ -249,6 +255,8 @@ class ResNet(nn.Module):
       raise ValueError(f'ResNet stem={self.stem!r}; choose one of {STEMS}.')
     if self.pool not in POOLS:
       raise ValueError(f'ResNet pool={self.pool!r}; choose one of {POOLS}.')
+    if self.stem_pool not in STEM_POOLS:
+      raise ValueError(f'ResNet stem_pool={self.stem_pool!r}; choose one of {STEM_POOLS}.')
     conv = functools.partial(self.conv_cls, use_bias=False, dtype=self.dtype,
                              param_dtype=jnp.float32, kernel_init=conv_kernel_init)
     norm = functools.partial(BatchNorm, momentum=self.bn_momentum,
@@ -273,8 +281,10 @@ class ResNet(nn.Module):
       else:
         x = _conv(conv, width, 7, 2, 'stem_conv')(x)
         x = bn_relu('stem_bn', x)
-      # TF 'SAME' max-pool (pads at the end for even sizes), padding is -inf.
-      x = nn.max_pool(x, (3, 3), (2, 2), padding='SAME')
+      # TF 'SAME' max-pool (pads at the end for even sizes), padding is -inf;
+      # stem_pool='torch': torchvision's 1 on each side.
+      x = nn.max_pool(x, (3, 3), (2, 2),
+                      padding='SAME' if self.stem_pool == 'same' else ((1, 1), (1, 1)))
 
     block_cls = BottleneckBlock if self.block == 'bottleneck' else BasicBlock
     for i, num_blocks in enumerate(self.stage_sizes):
@@ -313,11 +323,13 @@ def resnet_defaults() -> ml_collections.ConfigDict:
       sk_ratio=0.0,                # SimCLR v2 selective kernels, e.g. 0.0625
       pool='avg',                  # h from the last map: 'avg' (global, SimCLR) |
                                    # 'flatten' (keeps position; small centred images)
+      stem_pool='same',            # imagenet stem max-pool padding: 'same' (TF) |
+                                   # 'torch' (torchvision's; set by interop imports)
   ))
 
 
 ARCH_KEYS = ('depth', 'stage_sizes', 'block', 'base_width', 'width_multiplier', 'stem',
-             'stem_stride', 'sk_ratio', 'pool')
+             'stem_stride', 'sk_ratio', 'pool', 'stem_pool')
 
 
 def resolve_architecture(cfg: ml_collections.ConfigDict) -> tuple[tuple[int, ...], str]:
@@ -344,9 +356,11 @@ def resolve_architecture(cfg: ml_collections.ConfigDict) -> tuple[tuple[int, ...
 
 def _validate(cfg: ml_collections.ConfigDict) -> None:
   resolve_architecture(cfg)
-  for key, valid in (('stem', STEMS), ('pool', POOLS), ('stem_stride', (1, 2))):
-    if cfg[key] not in valid:
-      raise ValueError(f'config.model.resnet.{key}={cfg[key]!r} is not valid; choose one of '
+  for key, valid in (('stem', STEMS), ('pool', POOLS), ('stem_stride', (1, 2)),
+                     ('stem_pool', STEM_POOLS)):
+    value = cfg.get(key, 'same') if key == 'stem_pool' else cfg[key]
+    if value not in valid:
+      raise ValueError(f'config.model.resnet.{key}={value!r} is not valid; choose one of '
                        f'{valid}.')
 
 
@@ -356,7 +370,8 @@ def _build(model_cfg: ml_collections.ConfigDict, conv_cls: Any) -> ResNet:
   return ResNet(
       stage_sizes=stage_sizes, block=block, base_width=cfg.base_width,
       width_multiplier=cfg.width_multiplier, stem=cfg.stem, stem_stride=cfg.stem_stride,
-      sk_ratio=cfg.sk_ratio, pool=cfg.pool, dtype=encoders.compute_dtype(model_cfg),
+      sk_ratio=cfg.sk_ratio, pool=cfg.pool, stem_pool=cfg.get('stem_pool', 'same'),
+      dtype=encoders.compute_dtype(model_cfg),
       bn_momentum=model_cfg.bn_momentum, bn_epsilon=model_cfg.bn_epsilon,
       conv_cls=conv_cls)
 
