@@ -13,6 +13,14 @@ the parameters and BatchNorm statistics. Optimizer state is never loaded, nor
 a method's extra state, except a momentum network on request
 (`load_encoder(workdir, network='momentum')`). The run's modality (from its
 data source) prepares the inputs, so the same calls serve any modality.
+
+As a binary, `python -m contrastive_jax.export` converts (contrastive_jax/interop):
+`--workdir=RUN --to=torch|npz|jax_export --out=PATH` exports a run (PyTorch
+state_dict + module, a NumPy .npz with config and BN statistics, a serialized
+`jax.export` forward, polymorphic in the batch: `interop.npz.serialize_forward(
+load_encoder(RUN))` -> bytes, `jax.export.deserialize(bytes).call(x)` -> h, z),
+and `--from=torch|tf_simclr --src=PATH --workdir=NEW` imports PyTorch or the
+official SimCLR TF checkpoints into a workdir these functions read.
 """
 
 from __future__ import annotations
@@ -227,3 +235,8 @@ def load_classifier(workdir: str, step: Optional[int] = None) -> Classifier:
   params, batch_stats, step = _restore(workdir, step)
   return classifier_from_state(config, {'params': params, 'batch_stats': batch_stats},
                                step, workdir)
+
+
+if __name__ == '__main__':
+  from contrastive_jax.interop import cli  # `python -m contrastive_jax.export --to=... | --from=...`
+  cli.main()
