@@ -330,6 +330,26 @@ class _QuietLibraries:
     return not any(h in record.getMessage() for h in _HARMLESS)
 
 
+def _quiet_unraisable(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+  """sys.unraisablehook without 'Event loop is closed' from asyncio's
+  call_soon_threadsafe: tensorstore delivering the result of a write whose
+  save already failed (another write ran out of space) to the event loop
+  orbax closed when it gave up on that save. Nobody waits for that result;
+  the failure itself is raised in the main thread."""
+
+  def hook(unraisable: Any) -> None:
+    e, tb = unraisable.exc_value, unraisable.exc_traceback
+    names = set()
+    while tb is not None:
+      names.add(tb.tb_frame.f_code.co_name)
+      tb = tb.tb_next
+    if (isinstance(e, RuntimeError) and str(e) == 'Event loop is closed'
+        and 'call_soon_threadsafe' in names):
+      return
+    previous(unraisable)
+  return hook
+
+
 def _user_message(e: BaseException) -> str:
   """An exception's message on one line (ml_collections quotes and escapes its own)."""
   while e.__cause__ is not None and str(e.__cause__) and not str(e).strip():
@@ -418,6 +438,7 @@ def run_binary(entry: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
     if not flags.FLAGS.library_logs:
       absl_logging.get_absl_handler().addFilter(_QuietLibraries())
       py_logging.getLogger().addFilter(_QuietLibraries())
+      sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
     xla_cpu.apply_defaults()
     try:
       result = entry(flags.FLAGS.config, flags.FLAGS.workdir)

@@ -185,3 +185,39 @@ def test_pretrain_on_a_full_disk_says_so_in_one_line_and_resumes_after(tmp_path)
     steps = [r['step'] for r in metrics_io.read_metrics(workdir) if 'loss' in r]
     assert steps == sorted(set(steps)) and steps[-1] == 6
     assert checkpoint.checkpoint_steps(ckpts)[-1] == 6
+
+
+def test_the_quiet_console_drops_results_arriving_at_a_closed_event_loop():
+  """What tensorstore does with the writes still running when a save fails:
+  their results go to the event loop orbax closed ('Event loop is closed')."""
+  import asyncio  # pylint: disable=g-import-not-at-top
+  import tensorstore as ts  # pylint: disable=g-import-not-at-top
+  seen, shown = [], []
+  hook = loop._quiet_unraisable(shown.append)
+  previous = sys.unraisablehook
+  sys.unraisablehook = lambda u: (seen.append(type(u.exc_value)), hook(u))
+  try:
+    promise, future = ts.Promise.new()
+
+    async def wait_briefly():   # as orbax's loop gives up on the writes of a failed save
+      task = asyncio.ensure_future(_await(future))
+      task._log_destroy_pending = False   # pylint: disable=protected-access
+      await asyncio.wait([task], timeout=0.01)
+    event_loop = asyncio.new_event_loop()
+    event_loop.run_until_complete(wait_briefly())
+    event_loop.close()
+    promise.set_exception(OSError(errno.ENOSPC, 'No space left on device'))
+    sys.unraisablehook(_Unraisable(KeyError('shown'), None))
+  finally:
+    sys.unraisablehook = previous
+  assert seen == [RuntimeError, KeyError]
+  assert [type(u.exc_value) for u in shown] == [KeyError]
+
+
+async def _await(future):
+  return await future
+
+
+class _Unraisable:
+  def __init__(self, exc_value, exc_traceback):
+    self.exc_value, self.exc_traceback = exc_value, exc_traceback
