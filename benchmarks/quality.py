@@ -35,6 +35,8 @@ import time
 
 import numpy as np
 
+from contrastive_jax import errors
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, 'benchmarks'))  # provenance.py, also run by path
 import provenance  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -44,8 +46,8 @@ def _run(args: list[str], log_path: str, deadline_s: float | None = None) -> flo
   """Runs a binary (`python -m args...`) as a subprocess; returns its wall time in seconds.
 
   deadline_s: send SIGTERM that many seconds after the start. The training
-  binaries then checkpoint the step they reached and exit 0 (the preemption
-  path), so a budget holds even when the machine runs slower than calibrated.
+  binaries then checkpoint the step they reached and exit
+  errors.EXIT_PREEMPTED (the preemption path), so a budget holds even when the machine runs slower than calibrated.
   A SIGTERM that lands after the training loop (final online-probe eval,
   shutdown: its handler is gone) ends the binary with -SIGTERM; its last
   checkpoint is written by then (2026-12-04: all 485 steps saved, then cut
@@ -64,7 +66,10 @@ def _run(args: list[str], log_path: str, deadline_s: float | None = None) -> flo
       proc.send_signal(signal.SIGTERM)
       stopped = True
       proc.wait()
-  if proc.returncode and not (stopped and proc.returncode == -signal.SIGTERM):
+  # A deadline SIGTERM ends the run with errors.EXIT_PREEMPTED after its
+  # checkpoint (or kills it with -SIGTERM once the loop has already finished).
+  if proc.returncode and not (stopped and proc.returncode in (-signal.SIGTERM,
+                                                              errors.EXIT_PREEMPTED)):
     raise RuntimeError(f'{" ".join(args[:2])} failed (exit status {proc.returncode}); '
                        f'see {log_path}')
   return time.monotonic() - t0
