@@ -181,7 +181,7 @@ def run_steps(state: Any, step_fn: Callable[..., tuple[Any, Any]],
   def drain(keep: int) -> None:
     while len(in_flight) > keep:
       done_step, done = in_flight.popleft()
-      check(done_step, jax.device_get(done))
+      check(done_step, jax.block_until_ready(done))
 
   while step < end_step:
     batch = parallel.global_batch(next(batches), mesh)

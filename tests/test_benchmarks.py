@@ -172,6 +172,7 @@ def test_bfloat16_matmul_peak_is_the_faster_of_both_outputs():
   assert list(forms32) == ['float32 out']
 
 
+@pytest.mark.slow  # CI time; the float32 / sequential paths stay in the default run
 def test_throughput_quick_bfloat16(tmp_path):
   out = tmp_path / 'tp.jsonl'
   stdout = _run('throughput.py', ['--quick', '--dtype', 'bfloat16', '--naive', 'no',
@@ -275,7 +276,7 @@ def test_quality_quick_fixed_steps(tmp_path):
   for key in ('linear_top1', 'linear_val_top1', 'knn_k20_top1', 'knn_k200_top1'):
     assert 0.0 <= row[key] <= 1.0, (key, row[key])
   config = json.loads((out / 'simclr_3steps' / 'config.json').read_text())
-  assert config['temperature'] == 0.5  # --set reaches the pretraining run
+  assert config['simclr']['temperature'] == 0.5  # --set reaches the pretraining run
   # The figure names its code: this checkout's commit (+dirty when edited).
   head = subprocess.run(['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'],
                         capture_output=True, text=True, check=False).stdout.strip()
@@ -330,6 +331,7 @@ def test_quality_deadline_stops_the_run(tmp_path, monkeypatch):
     quality._run(['self_term_binary'], str(log))
 
 
+@pytest.mark.slow  # CI time; the float32 / sequential paths stay in the default run
 def test_semi_supervised_quick_parallel(tmp_path):
   out = tmp_path / 'ssl'
   stdout = _run('semi_supervised.py', ['--quick', '--jobs', '2', '--lrs', '0.1,0.2',

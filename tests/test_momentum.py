@@ -412,7 +412,9 @@ def _check_ema_and_queue(workdir, name):
   assert not np.allclose(first, jax.tree.leaves(states[-1]['params'])[0])
 
 
-@pytest.mark.parametrize('name', sorted(RUNS))
+@pytest.mark.parametrize('name', [
+    pytest.param(n, marks=pytest.mark.slow) if n in ('byol', 'mocov3') else n
+    for n in sorted(RUNS)])   # byol / mocov3 share their code paths with the others
 def test_exact_resume_and_ema_and_queue_in_a_real_run(runs, name):
   full = runs.get(name, 'full')
   assert np.all(np.isfinite(_losses(full)))
