@@ -97,13 +97,14 @@ class PreemptionFlag:
 class MetricsFlusher:
   """Holds a log step's metrics (still on device) and writes them one step later.
 
-  Adds `images_per_sec` (since the previous flush) and prints the `progress_keys`
-  on the console line.
+  Adds `rate_name` (default `images_per_sec`: batch_size per second since the
+  previous flush) and prints the `progress_keys` on the console line.
   """
 
   def __init__(self, writer: metrics_io.MetricsWriter, progress: metrics_io.Progress,
-               batch_size: int, start_step: int, progress_keys: Sequence[str]):
-    self.writer, self.progress = writer, progress
+               batch_size: int, start_step: int, progress_keys: Sequence[str],
+               rate_name: str = 'images_per_sec'):
+    self.writer, self.progress, self.rate_name = writer, progress, rate_name
     self.batch_size, self.progress_keys = batch_size, tuple(progress_keys)
     self._pending: Optional[tuple[int, Any]] = None
     self._last_time, self._last_step = time.monotonic(), start_step
@@ -119,7 +120,7 @@ class MetricsFlusher:
     self._pending = None
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     now = time.monotonic()
-    metrics['images_per_sec'] = (step - self._last_step) * self.batch_size / max(
+    metrics[self.rate_name] = (step - self._last_step) * self.batch_size / max(
         now - self._last_time, 1e-9)
     self._last_time, self._last_step = now, step
     self.writer.write_scalars(step, metrics)

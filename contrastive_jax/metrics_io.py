@@ -256,14 +256,17 @@ class Progress:
       (1 = every call).
     start_step: the step training (re)starts from.
     print_fn: where lines go (default: stdout, flushed).
+    unit: what batch_size counts, shown as '<unit>/s' ('img'; word2vec: 'words').
   """
 
   def __init__(self, total_steps: int, batch_size: int, *,
                enabled: bool | None = None, log_every: int = 1,
                start_step: int = 0,
-               print_fn: Callable[[str], None] | None = None):
+               print_fn: Callable[[str], None] | None = None,
+               unit: str = 'img'):
     self.total_steps = int(total_steps)
-    self.batch_size = int(batch_size)
+    self.batch_size = batch_size if isinstance(batch_size, float) else int(batch_size)
+    self.unit = unit
     self.enabled = (jax.process_index() == 0) if enabled is None else bool(enabled)
     self.log_every = max(1, int(log_every))
     self._print = print_fn or (lambda line: print(line, file=sys.stdout, flush=True))
@@ -274,7 +277,8 @@ class Progress:
              eta_s: float) -> str:
     parts = [f'step {step}/{self.total_steps}']
     parts += [f'{k} {_format_value(v)}' for k, v in metrics.items()]
-    parts.append(f'{images_per_s:.0f} img/s' if math.isfinite(images_per_s) else '- img/s')
+    parts.append(f'{images_per_s:.0f} {self.unit}/s' if math.isfinite(images_per_s)
+                 else f'- {self.unit}/s')
     parts.append(f'ETA {format_duration(eta_s)}')
     return ' | '.join(parts)
 

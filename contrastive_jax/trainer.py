@@ -107,13 +107,18 @@ class Run:
   def train(self, state: Any, step_fn: Callable[..., tuple[Any, Any]], data: Any, *,
             total_steps: int, progress_keys: Sequence[str],
             batches: Optional[Iterator[Mapping[str, np.ndarray]]] = None,
-            step_args: tuple = ()) -> tuple[Any, int]:
-    """Runs the loop to total_steps (or a stop); returns (state, step reached)."""
+            step_args: tuple = (), items_per_step: Optional[float] = None,
+            unit: str = 'img') -> tuple[Any, int]:
+    """Runs the loop to total_steps (or a stop); returns (state, step reached).
+    The throughput counts `items_per_step` (default config.batch_size) `unit`s
+    per step: images_per_sec for 'img', else '<unit>_per_sec' (word2vec: words)."""
     config = self.config
-    progress = metrics_io.Progress(total_steps, config.batch_size,
-                                   log_every=config.log_every_steps, start_step=self.start_step)
-    flusher = loop.MetricsFlusher(self.writer, progress, config.batch_size, self.start_step,
-                                  progress_keys)
+    per_step = config.batch_size if items_per_step is None else items_per_step
+    progress = metrics_io.Progress(total_steps, per_step, log_every=config.log_every_steps,
+                                   start_step=self.start_step, unit=unit)
+    flusher = loop.MetricsFlusher(self.writer, progress, per_step, self.start_step,
+                                  progress_keys,
+                                  rate_name='images_per_sec' if unit == 'img' else f'{unit}_per_sec')
     started = time.monotonic()
     state, step = loop.train_until_done(
         state, step_fn, data, batches=batches, config=config, mesh=self.mesh,
