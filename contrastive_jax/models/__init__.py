@@ -21,6 +21,7 @@ from contrastive_jax.models import encoders
 from contrastive_jax.models.encoders import ENCODERS, EncoderSpec
 from contrastive_jax.models.heads import LinearHead, ProjectionHead
 from contrastive_jax.models.resnet import DEPTHS, ResNet, resolve_architecture
+from contrastive_jax.models import rnn  # registers 'rnn' (config.model.rnn)  # noqa: F401
 
 __all__ = [
     'ContrastiveModel', 'DEPTHS', 'ENCODERS', 'EncoderSpec', 'LinearHead', 'ProjectionHead',
