@@ -22,6 +22,8 @@ setup(
         'ml-collections>=0.1.1',
         'absl-py>=1.0',
         'numpy>=1.26',
+        # The text modality's tokenizers (contrastive_jax/text/tokenizer.py).
+        'tokenizers>=0.15',
         'tensorboardX>=2.6',
         'pillow>=9',  # tensorboardX encodes the image summaries (augmented pairs) with it
         # eval's embedding plots (PCA, t-SNE): the main job's output includes them.
