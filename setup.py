@@ -10,6 +10,7 @@ setup(
     long_description_content_type='text/markdown',
     packages=find_packages(include=['contrastive_jax', 'contrastive_jax.*']),
     package_data={'contrastive_jax': ['data/embedded/*.npz', 'data/embedded/*.md',
+                                      'data/embedded/WORDNET_LICENSE',
                                       'kernels/*.cc']},
     python_requires='>=3.10',
     install_requires=[

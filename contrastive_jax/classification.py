@@ -269,7 +269,8 @@ def make_train_step(model: classifier_lib.Classifier, tx: optax.GradientTransfor
 
     def loss_fn(params):
       logits, mutated = model.apply({'params': params, 'batch_stats': state.batch_stats}, x,
-                                    train=True, mutable=['batch_stats'])
+                                    train=True, rngs=modality.rngs(state.step),
+                                    mutable=['batch_stats'])
       loss, metrics = objective(logits, batch, x, aux)
       return loss, (mutated['batch_stats'], metrics)
 

@@ -81,6 +81,20 @@ def data_defaults() -> ml_collections.ConfigDict:
       in_memory=True,              # False: stream with tf.data (ImageNet-size data)
       shuffle_buffer=10_000,       # streaming only
       prefetch=2,
+      # Text sources (modality 'text': 'wordnet_glosses' | 'embedded_text' |
+      # 'text_file' | 'tfds_text'; see contrastive_jax/data/text_data.py).
+      wordnet_dir='',              # '' = $WNSEARCHDIR or /usr/share/wordnet
+      path='',                     # source='text_file': .txt | .csv | .tsv | .jsonl | folder
+      test_path='',                # its test split; '' = a carve of test_fraction
+      test_fraction=0.1,           # stratified, fixed seed
+      text_column='text',          # csv / tsv / jsonl column (tfds: feature) of the text
+      label_column='',             # its label column; '' = unlabelled
+      tokenizer='',                # tokenizer.json or a workdir holding one; '' = pretrain
+                                   # trains one on the training text (saved in the workdir)
+      tokenizer_kind='word',       # 'word' (word-level) | 'wordpiece'
+      vocab_size=20_000,           # the trained tokenizer's largest vocabulary
+      min_count=2,                 # word-level: words seen fewer times are [UNK]
+      max_length=32,               # tokens per example (longer texts keep their start)
   ))
 
 
@@ -138,6 +152,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     'model.dtype': ('float32', 'bfloat16'),
     'kernels.conv': kernels_backend.CONV_POLICIES,
     'data.random_crop_from': ('image', 'center_square'),
+    'data.tokenizer_kind': ('word', 'wordpiece'),
     'optim.name': ('lars', 'sgd', 'adamw'),
     'optim.lr_scaling': ('linear', 'sqrt', 'none'),
     'optim.schedule': ('cosine', 'constant'),

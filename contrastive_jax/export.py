@@ -48,7 +48,10 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   if not files.exists(path):
     raise FileNotFoundError(f'{path} not found: is {workdir!r} the --workdir of a '
                             'pretrain/finetune run?')
-  return config_migration.migrate(ml_collections.ConfigDict(json.loads(files.read_text(path))))
+  config = config_migration.migrate(ml_collections.ConfigDict(json.loads(files.read_text(path))))
+  if 'data' in config:
+    modalities.attach_run_files(config, workdir)
+  return config
 
 
 @dataclasses.dataclass

@@ -102,7 +102,8 @@ def make_pretrain_step(model: nn.Module, tx: optax.GradientTransformation,
     n = views.shape[1]
     x = jax.lax.with_sharding_constraint(example_major(views), data)
     labels = batch['label'].astype(jnp.int32)
-    apply = lambda variables, x_: model.apply(variables, x_, train=True,
+    rngs = modality.rngs(state.step)
+    apply = lambda variables, x_: model.apply(variables, x_, train=True, rngs=rngs,
                                               mutable=['batch_stats'])[0]
     ctx = StepContext(apply=apply, x=x, params=state.params, batch_stats=state.batch_stats,
                       extra=state.extra, step=state.step, total_steps=total_steps)
@@ -110,7 +111,7 @@ def make_pretrain_step(model: nn.Module, tx: optax.GradientTransformation,
 
     def loss_fn(params):
       out, mutated = model.apply({'params': params, 'batch_stats': state.batch_stats}, x,
-                                 train=True, mutable=['batch_stats'])
+                                 train=True, rngs=rngs, mutable=['batch_stats'])
       per_view = {k: out[k].reshape((n, num_views) + out[k].shape[1:])
                   for k in ('z', 'h', 'p') if k in out}
       loss, metrics = sharded_loss(per_view, labels, targets, state.extra)

@@ -10,7 +10,8 @@
 Set-up migrates an old config layout (config_migration), validates it before
 anything compiles or the workdir is touched, starts `jax.distributed` on a
 multi-host launch, builds the mesh and checks the batch divides over it,
-locks the workdir against a second process (workdir_lock), opens the metrics
+locks the workdir against a second process (workdir_lock), lets the modality
+make or check the run's own files (the text tokenizer), opens the metrics
 writer and the checkpointer. `init_or_resume` restores the latest checkpoint (state, data
 position; metrics logged after it are dropped) or builds a fresh state, then
 writes config.json — only then, so a rerun whose config does not fit the
@@ -33,7 +34,7 @@ import numpy as np
 from absl import logging
 
 from contrastive_jax import (checkpoint, config_defaults, config_migration, errors, files, loop,
-                             metrics_io, optim, parallel, workdir_lock)
+                             metrics_io, modalities, optim, parallel, workdir_lock)
 
 
 def schedule_lengths(config: ml_collections.ConfigDict, steps_per_epoch: float
@@ -81,6 +82,7 @@ class Run:
       files.makedirs(workdir)
       lock = workdir_lock.WorkdirLock(workdir)
       lock.acquire()
+    modalities.setup_run(config, workdir)   # e.g. the text tokenizer, before any data
     writer = metrics_io.MetricsWriter(workdir)
     ckpt = checkpoint.Checkpointer(f'{workdir}/checkpoints', max_to_keep=config.keep_checkpoints,
                                    save_interval_steps=config.checkpoint_every_steps)

@@ -20,7 +20,9 @@ class ArraySource:
   """One split held in host memory.
 
   Attributes:
-    images: uint8 [N, H, W, C], C = 1 or 3.
+    images: the raw inputs, under the batch key `input_key`: uint8 images
+      [N, H, W, C], C = 1 or 3 ('image'), or int32 token ids [N, L], 0-padded
+      at the end ('tokens', the text modality).
     labels: int32 [N]; -1 where the label is unknown (unlabelled data).
     num_classes: number of classes (0 when unlabelled).
     name: for logs, e.g. 'fashion_mnist_subset:train'.
@@ -34,15 +36,21 @@ class ArraySource:
   num_classes: int
   name: str
   ids: np.ndarray | None = None
+  input_key: str = 'image'
+  class_names: tuple[str, ...] = ()   # when known, for reports
 
   def __post_init__(self):
     images, labels = self.images, np.asarray(self.labels)
-    if images.ndim != 4 or images.dtype != np.uint8 or images.shape[-1] not in (1, 3):
+    if self.input_key == 'image' and (images.ndim != 4 or images.dtype != np.uint8
+                                      or images.shape[-1] not in (1, 3)):
       raise ValueError(f'{self.name}: images must be uint8 [N, H, W, 1|3]; got '
+                       f'{images.dtype} {images.shape}.')
+    if self.input_key == 'tokens' and (images.ndim != 2 or images.dtype != np.int32):
+      raise ValueError(f'{self.name}: token ids must be int32 [N, L]; got '
                        f'{images.dtype} {images.shape}.')
     if labels.shape != (images.shape[0],):
       raise ValueError(f'{self.name}: labels shape {labels.shape} does not match '
-                       f'{images.shape[0]} images.')
+                       f'{images.shape[0]} examples.')
     object.__setattr__(self, 'labels', labels.astype(np.int32, copy=False))
     if self.ids is not None:
       ids = np.asarray(self.ids, dtype=np.int64)
@@ -55,13 +63,18 @@ class ArraySource:
     return int(self.images.shape[0])
 
   @property
-  def input_shape(self) -> tuple[int, ...]:
-    """The raw example shape the run's modality sees (= image_shape for images)."""
-    return self.image_shape
+  def inputs(self) -> np.ndarray:
+    """The raw inputs (images or token ids), as the batch's `input_key` field."""
+    return self.images
 
   @property
-  def image_shape(self) -> tuple[int, int, int]:
-    return tuple(int(d) for d in self.images.shape[1:])  # type: ignore[return-value]
+  def input_shape(self) -> tuple[int, ...]:
+    """The raw example shape the run's modality sees (= image_shape for images)."""
+    return tuple(int(d) for d in self.images.shape[1:])
+
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    return self.input_shape
 
   def example_ids(self) -> np.ndarray:
     """int64 [N] ids (arange(N) unless this source is a subset of another)."""
@@ -72,9 +85,9 @@ class ArraySource:
   def subset(self, positions: np.ndarray, name: str | None = None) -> 'ArraySource':
     """The examples at `positions` (indices into this source), ids kept."""
     positions = np.asarray(positions, dtype=np.int64)
-    return ArraySource(images=self.images[positions], labels=self.labels[positions],
-                       num_classes=self.num_classes, name=name or self.name,
-                       ids=self.example_ids()[positions])
+    return dataclasses.replace(self, images=self.images[positions],
+                               labels=self.labels[positions], name=name or self.name,
+                               ids=self.example_ids()[positions])
 
 
 # ---------------------------------------------------------------------------

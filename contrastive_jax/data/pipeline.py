@@ -15,7 +15,8 @@ batches that `jax.make_array_from_process_local_data` assembles are the same
 whatever the number of processes; resuming is `start_step=k`, no replay.
 
 Each batch is a dict of numpy arrays:
-  image  uint8 [n_local, H, W, C]
+  image  uint8 [n_local, H, W, C]   (or `tokens` int32 [n_local, L] for text:
+                                    the field is the source's input_key)
   label  int32 [n_local]   (-1 where unknown)
   index  int64 [n_local]   example ids (`ArraySource.example_ids()`), which seed
                            the per-example augmentation keys on device.
@@ -92,8 +93,8 @@ class _Sampler:
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     pos = self.positions(step)
-    return dict(image=self.source.images[pos], label=self.source.labels[pos],
-                index=self.ids[pos])
+    return {self.source.input_key: self.source.inputs[pos], 'label': self.source.labels[pos],
+            'index': self.ids[pos]}
 
 
 class BatchIterator:
@@ -145,11 +146,11 @@ class BatchIterator:
   @property
   def input_shape(self) -> tuple[int, ...]:
     """The raw example shape the run's modality sees (= image_shape for images)."""
-    return self.image_shape
+    return self.source.input_shape
 
   @property
-  def image_shape(self) -> tuple[int, int, int]:
-    return self.source.image_shape
+  def image_shape(self) -> tuple[int, ...]:
+    return self.source.input_shape
 
   @property
   def steps_per_epoch(self) -> float:
@@ -249,7 +250,7 @@ def eval_batches(source: ArraySource, global_batch_size: int, *,
   """One pass over `source` in order; every process yields the same number of batches.
 
   Global batch s covers examples [s * B, (s+1) * B); positions past the end are
-  padding rows: image 0, label 0 (a valid class, so a gather never goes out of
+  padding rows: inputs 0 (under the source's input_key), label 0 (a valid class, so a gather never goes out of
   range), index -1, mask False. Reduce metrics with the mask.
   """
   pi, pc = process_info(process_index, process_count)
@@ -260,11 +261,11 @@ def eval_batches(source: ArraySource, global_batch_size: int, *,
     mask = pos < n
     valid = pos[mask]
     n_local = len(pos)
-    image = np.zeros((n_local,) + source.image_shape, np.uint8)
+    inputs = np.zeros((n_local,) + source.input_shape, source.inputs.dtype)
     label = np.zeros((n_local,), np.int32)
     index = np.full((n_local,), -1, np.int64)
-    image[mask], label[mask], index[mask] = source.images[valid], source.labels[valid], ids[valid]
-    yield dict(image=image, label=label, index=index, mask=mask)
+    inputs[mask], label[mask], index[mask] = source.inputs[valid], source.labels[valid], ids[valid]
+    yield {source.input_key: inputs, 'label': label, 'index': index, 'mask': mask}
 
 
 # ---------------------------------------------------------------------------

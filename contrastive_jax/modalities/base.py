@@ -16,7 +16,13 @@ in the dimensions not known, when only a checkpoint is at hand, as in
     prediction (jittable);
   - `prepare(raw)`: a user's array as given to `load_encoder(...)(x)` -> model
     inputs, with a plain error for a shape it cannot take;
-  - `adapt(x)`: another run's model inputs made fit for this network.
+  - `adapt(x)`: another run's model inputs made fit for this network;
+  - `rngs(step)`: the random streams of a training-mode forward pass (the
+    'dropout' key: one per step, drawn over the global batch, so the same on
+    any number of devices);
+  - `setup_run(config, workdir)` / `attach_run_files(config, run_dir)`
+    (classmethods): files a run keeps beside its checkpoints (the text
+    modality's tokenizer), made or found before any data is read.
 Which modality a run has follows from its data source (each source declares
 one: `contrastive_jax.data.registry`).
 """
@@ -31,6 +37,7 @@ import ml_collections
 from contrastive_jax.registry import Registry
 
 Batch = dict[str, jax.Array]
+DROPOUT_STREAM = 0x7FFFFFFF   # folded into PRNGKey(seed): apart from the views' keys
 
 
 class Modality:
@@ -67,6 +74,23 @@ class Modality:
     """One line for the log: what the network sees."""
     return self.name
 
+  def rngs(self, step: Any) -> dict[str, jax.Array]:
+    """{'dropout': key} for a training-mode apply at `step` (jittable)."""
+    stream = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), DROPOUT_STREAM)
+    return {'dropout': jax.random.fold_in(stream, step)}
+
+  @classmethod
+  def setup_run(cls, config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Makes or checks the run's own files in `workdir` and records them in
+    `config` (called once by every training binary, after the workdir lock)."""
+    del config, workdir
+
+  @classmethod
+  def attach_run_files(cls, config: ml_collections.ConfigDict, run_dir: str) -> None:
+    """Points `config` (a run's config.json, read back) at the files the run
+    keeps in `run_dir`, wherever that directory now is."""
+    del config, run_dir
+
 
 MODALITIES: Registry[type[Modality]] = Registry('modality', 'modality')
 
@@ -75,6 +99,14 @@ def modality_name(config: ml_collections.ConfigDict) -> str:
   """The modality of the run's data source."""
   from contrastive_jax.data import registry as data_registry  # pylint: disable=g-import-not-at-top
   return data_registry.get(config.data.source).modality
+
+
+def setup_run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  MODALITIES.get(modality_name(config)).setup_run(config, workdir)
+
+
+def attach_run_files(config: ml_collections.ConfigDict, run_dir: str) -> None:
+  MODALITIES.get(modality_name(config)).attach_run_files(config, run_dir)
 
 
 def build(config: ml_collections.ConfigDict,
