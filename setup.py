@@ -43,6 +43,10 @@ setup(
     extras_require={
         # importlib_resources: tfds' store_as_tfds_dataset, which writes the tests'
         # small prepared dataset of photos of varying sizes.
-        'dev': ['pytest>=7', 'importlib_resources'],
+        # gensim: tests/test_word2vec.py loads the saved vectors with it and reads its
+        # word-similarity / analogy benchmark files.
+        'dev': ['pytest>=7', 'importlib_resources', 'gensim>=4.3'],
+        # word2vec's evaluation files (gensim's test data) and the text tokenizers.
+        'text': ['gensim>=4.3', 'tokenizers>=0.15'],
     },
 )

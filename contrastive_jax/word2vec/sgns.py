@@ -1,0 +1,125 @@
+"""Skip-gram / CBOW with negative sampling: the loss and the jitted update.
+
+SGNS (Mikolov et al. 2013) is a contrastive loss with sampled negatives: for an
+input word vector u (skip-gram: one context word; CBOW: the mean of the
+context words' vectors), its true output word o and K noise words n_k drawn
+from the unigram distribution raised to ns_exponent,
+
+  loss = -log sigma(u . v_o) - sum_k log sigma(-u . v_{n_k}).
+
+The update differentiates the loss with respect to the gathered rows only
+(u and the 1 + K output rows of each example), takes plain SGD steps with
+the linearly decaying rate, and scatter-adds them into the two tables, which
+are donated: no V x D gradient and no optimiser state exist. Examples of one
+step update the tables together (summed, rows repeated within a step add up),
+where the C word2vec and gensim update after every pair (Hogwild); the
+batch's gradient is what they would apply if no row occurred twice in it.
+As there, a noise word equal to the example's output word is skipped, and
+CBOW adds the error of the mean to every context word undivided (cbow_mean=1).
+The tables are replicated over the devices and the examples split over them;
+the negatives come from the step's key (threefry, partitionable), so 1 and
+8 devices draw the same ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from contrastive_jax import parallel
+
+
+def sgns_loss(u: jax.Array, v: jax.Array, weight: jax.Array) -> jax.Array:
+  """Summed SGNS loss. u: [P, D] inputs; v: [P, 1 + K, D] output rows (the true
+  word first, then K noise words); weight: [P, 1 + K] 0/1 (padding, skipped noise)."""
+  logits = jnp.einsum('pd,pkd->pk', u, v)
+  sign = jnp.concatenate([jnp.ones((1,), logits.dtype), -jnp.ones((v.shape[1] - 1,), logits.dtype)])
+  return -jnp.sum(weight * jax.nn.log_sigmoid(sign * logits))
+
+
+def learning_rate(step: jax.Array, total_steps: int, alpha: float, min_alpha: float) -> jax.Array:
+  """Linear decay from alpha to min_alpha over the run (gensim: by words processed)."""
+  frac = jnp.minimum(step.astype(jnp.float32) / max(total_steps, 1), 1.0)
+  return alpha - (alpha - min_alpha) * frac
+
+
+def sample_negatives(key: jax.Array, cum: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Word ids with P(i) = cum[i] - cum[i - 1] (cum: the noise distribution's
+  cumulative sum, float32 [V], last entry 1)."""
+  u = jax.random.uniform(key, shape, jnp.float32)
+  return jnp.minimum(jnp.searchsorted(cum, u, side='right'), cum.shape[0] - 1).astype(jnp.int32)
+
+
+def init_tables(num_words: int, dim: int, seed: int, mesh: Mesh) -> dict[str, jax.Array]:
+  """Input vectors U(-0.5, 0.5) / dim, output vectors 0 (the C word2vec and gensim)."""
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+  w_in = (jax.random.uniform(key, (num_words, dim), jnp.float32) - 0.5) / dim
+  return parallel.replicate({'w_in': np.asarray(w_in),
+                             'w_out': np.zeros((num_words, dim), np.float32),
+                             'step': np.zeros((), np.int32)}, mesh)
+
+
+def row_scale(indices: jax.Array, weight: jax.Array, num_rows: int, cap: float) -> jax.Array:
+  """Per-entry factor min(1, cap / n) where n counts the (weighted) entries of
+  `indices` that hit the same row: a row updated more than `cap` times in a
+  step moves as if by `cap` of its updates (cap <= 0: 1 everywhere, the sum)."""
+  if cap <= 0:
+    return jnp.ones(indices.shape, jnp.float32)
+  counts = jnp.zeros((num_rows,), jnp.float32).at[indices].add(weight, mode='promise_in_bounds')
+  return jnp.minimum(1.0, cap / jnp.maximum(counts[indices], 1.0))
+
+
+def make_update(*, sg: bool, negative: int, noise: np.ndarray, alpha: float, min_alpha: float,
+                total_steps: int, seed: int, mesh: Mesh, skip_nonfinite: bool = False,
+                row_update_cap: float = 0.0) -> Callable[[Any, dict], tuple[Any, dict]]:
+  """The jitted `state, metrics = update(state, batch)` (state: init_tables' dict,
+  donated; batch: a PairStream batch split over the mesh's 'data' axis).
+  row_update_cap: see row_scale (the tables' rows of frequent words are hit
+  hundreds of times in one step, where Hogwild SGD would see each update
+  before the next)."""
+  cum = parallel.replicate(np.cumsum(noise).astype(np.float32), mesh)
+  base_key = jax.random.fold_in(jax.random.PRNGKey(seed), 2)
+
+  def update(state, batch, cum):
+    w_in, w_out, t = state['w_in'], state['w_out'], state['step']
+    lr = learning_rate(t, total_steps, alpha, min_alpha)
+    out, mask = batch['out'], batch['mask']
+    neg = sample_negatives(jax.random.fold_in(base_key, t), cum, (out.shape[0], negative))
+    targets = jnp.concatenate([out[:, None], neg], axis=1)
+    weight = mask[:, None] * jnp.concatenate(
+        [jnp.ones_like(mask)[:, None], (neg != out[:, None]).astype(mask.dtype)], axis=1)
+    v = w_out.at[targets].get(mode='promise_in_bounds')
+    num_rows = w_in.shape[0]
+    if sg:
+      inp = batch['inp']
+      u = w_in.at[inp].get(mode='promise_in_bounds')
+      loss, (g_u, g_v) = jax.value_and_grad(sgns_loss, argnums=(0, 1))(u, v, weight)
+      scale_in = row_scale(inp, mask, num_rows, row_update_cap)
+      new_in = w_in.at[inp].add((-lr * scale_in)[:, None] * g_u, mode='promise_in_bounds')
+    else:
+      ctx, ctx_mask = batch['ctx'], batch['ctx_mask']
+      count = jnp.maximum(ctx_mask.sum(1, keepdims=True), 1.0)
+      u = jnp.einsum('pc,pcd->pd', ctx_mask, w_in.at[ctx].get(mode='promise_in_bounds')) / count
+      loss, (g_u, g_v) = jax.value_and_grad(sgns_loss, argnums=(0, 1))(u, v, weight)
+      scale_in = row_scale(ctx, ctx_mask, num_rows, row_update_cap) * ctx_mask
+      new_in = w_in.at[ctx].add((-lr * scale_in)[..., None] * g_u[:, None, :],
+                                mode='promise_in_bounds')
+    scale_out = row_scale(targets, weight, num_rows, row_update_cap)
+    new_out = w_out.at[targets].add((-lr * scale_out)[..., None] * g_v, mode='promise_in_bounds')
+    examples = jnp.maximum(mask.sum(), 1.0)
+    nonfinite = ~jnp.isfinite(loss)
+    if skip_nonfinite:
+      new_in = jnp.where(nonfinite, w_in, new_in)
+      new_out = jnp.where(nonfinite, w_out, new_out)
+    metrics = {'loss': loss / examples, 'lr': lr, 'examples': mask.sum(),
+               'effective_words': batch['words'].sum(), 'nonfinite': nonfinite.astype(jnp.float32)}
+    return {'w_in': new_in, 'w_out': new_out, 'step': t + 1}, metrics
+
+  rep = parallel.replicated(mesh)
+  jitted = jax.jit(update, donate_argnums=0,
+                   out_shardings=({'w_in': rep, 'w_out': rep, 'step': rep}, rep))
+  return lambda state, batch: jitted(state, batch, cum)

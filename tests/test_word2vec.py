@@ -1,0 +1,264 @@
+"""word2vec: subsampling, noise, the SGNS loss / gradient / scatter update against
+float64 NumPy, the examples of a step, 1 = 8 devices, exact resume, the saved
+vectors in gensim, the evaluation against gensim's, and planted structure learnt."""
+
+import os
+import string
+
+import jax
+import numpy as np
+import pytest
+
+from contrastive_jax import load_word_vectors, parallel
+from contrastive_jax.word2vec import evaluate, pairs, sgns, train, vocab as vocab_lib
+from tests.helpers import load_config
+
+TOPICS, TOPIC_WORDS = 10, 4
+
+
+def _word(i: int, prefix: str) -> str:
+  letters = string.ascii_lowercase
+  return prefix + letters[i // 26] + letters[i % 26]
+
+
+def _planted_corpus(path: str, sentences: int = 3000, seed: int = 0) -> list[list[str]]:
+  """Each sentence draws 6 words from one topic's 4 and 4 from 100 fillers:
+  words of a topic share their contexts, so they should end up neighbours."""
+  rng = np.random.default_rng(seed)
+  topics = [[_word(t * TOPIC_WORDS + k, 'top') for k in range(TOPIC_WORDS)] for t in range(TOPICS)]
+  fillers = [_word(i, 'fil') for i in range(100)]
+  lines = []
+  for _ in range(sentences):
+    t = rng.integers(TOPICS)
+    words = list(rng.choice(topics[t], 6)) + list(rng.choice(fillers, 4))
+    rng.shuffle(words)
+    lines.append(' '.join(words))
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  return topics
+
+
+def _tiny(corpus_path: str, **overrides):
+  config = load_config('word2vec', 'tiny')
+  config.corpus.path = corpus_path
+  for k, v in overrides.items():
+    config[k] = v
+  return config
+
+
+# --- subsampling and the noise distribution -------------------------------------------
+
+def test_keep_probabilities_match_the_formula():
+  counts = np.array([100_000, 20_000, 3_000, 50, 1], np.int64)
+  sample = 1e-3
+  t = sample * counts.sum()
+  want = np.minimum(1.0, (np.sqrt(counts / t) + 1) * t / counts)
+  np.testing.assert_allclose(vocab_lib.keep_probabilities(counts, sample), want, rtol=1e-12)
+  assert want[0] < 0.2 and want[-1] == 1.0
+  np.testing.assert_array_equal(vocab_lib.keep_probabilities(counts, 0.0), 1.0)
+  # The stream keeps each word at that rate.
+  ids = np.repeat(np.arange(5, dtype=np.int32), 20_000)
+  keep = np.array([0.1, 0.5, 0.9, 1.0, 1.0])
+  stream = pairs.PairStream(ids, keep, sg=True, window=2, tokens_per_step=len(ids), seed=3,
+                            capacity=1024)
+  kept, _, _ = stream._kept_words(0)  # pylint: disable=protected-access
+  rate = np.bincount(kept, minlength=5) / 20_000
+  np.testing.assert_allclose(rate, keep, atol=4 * np.sqrt(0.25 / 20_000))
+
+
+def test_noise_distribution_and_sampling_match_the_formula():
+  counts = np.array([1000, 300, 100, 10, 1], np.int64)
+  probs = vocab_lib.noise_distribution(counts, 0.75)
+  np.testing.assert_allclose(probs, counts ** 0.75 / np.sum(counts ** 0.75), rtol=1e-12)
+  n = 400_000
+  draws = sgns.sample_negatives(jax.random.PRNGKey(0),
+                                np.cumsum(probs).astype(np.float32), (n,))
+  freq = np.bincount(np.asarray(draws), minlength=5) / n
+  assert np.all(np.abs(freq - probs) <= 4 * np.sqrt(probs * (1 - probs) / n) + 1e-6), (freq, probs)
+
+
+# --- the loss, its gradient, the scatter update ---------------------------------------
+
+def _loss_and_grads_f64(u, v, w):
+  """SGNS in float64: loss, d/du, d/dv (analytic)."""
+  logits = np.einsum('pd,pkd->pk', u, v)
+  sign = np.concatenate([[1.0], -np.ones(v.shape[1] - 1)])
+  loss = -np.sum(w * np.log(1 / (1 + np.exp(-sign * logits))))
+  coef = -w * sign * (1 - 1 / (1 + np.exp(-sign * logits)))    # d loss / d logits
+  return loss, np.einsum('pk,pkd->pd', coef, v), coef[..., None] * u[:, None, :]
+
+
+def test_sgns_loss_and_gradient_match_float64_numpy():
+  rng = np.random.default_rng(0)
+  u, v = rng.normal(size=(7, 6)) * 0.7, rng.normal(size=(7, 4, 6)) * 0.7
+  w = (rng.random((7, 4)) > 0.2).astype(np.float64)
+  loss, (gu, gv) = jax.value_and_grad(sgns.sgns_loss, argnums=(0, 1))(
+      u.astype(np.float32), v.astype(np.float32), w.astype(np.float32))
+  want_loss, want_gu, want_gv = _loss_and_grads_f64(u, v, w)
+  np.testing.assert_allclose(float(loss), want_loss, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(gu), want_gu, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(gv), want_gv, rtol=1e-4, atol=1e-6)
+
+
+def _update_f64(w_in, w_out, inp, out, neg, lr):
+  """One skip-gram step in float64: every pair's gradient at the old tables,
+  summed into the rows (repeated rows add up)."""
+  new_in, new_out = w_in.copy(), w_out.copy()
+  for i, o in zip(inp, out):
+    targets = [o, neg]
+    weight = np.array([[1.0, float(neg != o)]])
+    _, gu, gv = _loss_and_grads_f64(w_in[i][None], w_out[targets][None], weight)
+    new_in[i] -= lr * gu[0]
+    for k, row in enumerate(targets):
+      new_out[row] -= lr * gv[0, k]
+  return new_in, new_out
+
+
+def test_update_sums_repeated_rows_like_float64_numpy():
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  num_words, dim, noise_word = 6, 4, 5
+  noise = np.eye(num_words)[noise_word]         # every negative is word 5
+  state = sgns.init_tables(num_words, dim, seed=0, mesh=mesh)
+  rng = np.random.default_rng(1)
+  w_out = rng.normal(size=(num_words, dim)).astype(np.float32) * 0.3
+  state['w_out'] = parallel.replicate(w_out, mesh)
+  w_in = np.asarray(state['w_in'], np.float64)
+  inp = np.array([3, 3, 3, 1, 0, 0, 2, 4], np.int32)   # rows 3 and 0 repeated
+  out = np.array([1, 2, 1, 5, 3, 3, 0, 2], np.int32)   # row 1 and 3 repeated; 5 = the noise word
+  mask = np.array([1, 1, 1, 1, 1, 1, 1, 0], np.float32)  # the last row is padding
+  update = sgns.make_update(sg=True, negative=1, noise=noise, alpha=0.5, min_alpha=0.5,
+                            total_steps=10, seed=0, mesh=mesh)
+  batch = parallel.global_batch({'inp': inp, 'out': out, 'mask': mask,
+                                 'words': np.zeros(8, np.float32)}, mesh)
+  state, metrics = update(state, batch)
+  want_in, want_out = _update_f64(w_in, w_out.astype(np.float64), inp[:7], out[:7], noise_word,
+                                  0.5)
+  np.testing.assert_allclose(np.asarray(state['w_in']), want_in, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(state['w_out']), want_out, rtol=1e-5, atol=1e-6)
+  assert float(metrics['examples']) == 7 and int(state['step']) == 1
+
+
+def test_row_scale_caps_rows_hit_more_than_cap_times():
+  idx = np.array([0, 0, 0, 0, 1, 2, 2])
+  scale = sgns.row_scale(idx, np.ones(7, np.float32), 3, cap=2.0)
+  np.testing.assert_allclose(np.asarray(scale), [0.5] * 4 + [1.0, 1.0, 1.0])
+  np.testing.assert_array_equal(np.asarray(sgns.row_scale(idx, np.ones(7), 3, cap=0.0)), 1.0)
+
+
+# --- the examples of a step -----------------------------------------------------------
+
+def test_skipgram_pairs_stay_in_sentences_and_windows():
+  # Sentences 0 1 2 3 | 4 5 6: every id is its position, so offsets are readable.
+  ids = np.array([0, 1, 2, 3, -1, 4, 5, 6, -1], np.int32)
+  stream = pairs.PairStream(ids, np.ones(7), sg=True, window=2, tokens_per_step=len(ids),
+                            seed=0, capacity=512)
+  ex = stream.examples(0)
+  sentence = np.array([0, 0, 0, 0, 1, 1, 1])
+  assert np.all(sentence[ex['inp']] == sentence[ex['out']])
+  assert np.all(np.abs(ex['inp'] - ex['out']).astype(int) <= 2) and np.all(ex['inp'] != ex['out'])
+  window1 = pairs.PairStream(ids, np.ones(7), sg=True, window=1, tokens_per_step=len(ids),
+                             seed=0, capacity=512).examples(0)
+  got = sorted(zip(window1['inp'].tolist(), window1['out'].tolist()))
+  assert got == sorted([(1, 0), (0, 1), (2, 1), (1, 2), (3, 2), (2, 3), (5, 4), (4, 5), (6, 5),
+                        (5, 6)])
+  # The dynamic window: over many steps each word sees offsets 1..window, uniformly.
+  big = pairs.PairStream(np.arange(5000, dtype=np.int32), np.ones(5000), sg=True, window=4,
+                         tokens_per_step=5000, seed=0, capacity=65536).examples(0)
+  offsets = np.bincount(np.abs(big['inp'] - big['out']), minlength=5)[1:]
+  np.testing.assert_allclose(offsets / offsets[0], [1, 3 / 4, 2 / 4, 1 / 4], atol=0.04)
+  # A pure function of (seed, step); batches padded to the capacity.
+  b1, b2 = stream.batch(0), stream.batch(0)
+  assert all(np.array_equal(b1[k], b2[k]) for k in b1) and b1['inp'].shape == (512,)
+
+
+# --- devices, the binary, resume, gensim ----------------------------------------------
+
+def _train_steps(devices, batches, noise):
+  mesh = parallel.make_mesh(devices)
+  state = sgns.init_tables(len(noise), 8, seed=0, mesh=mesh)
+  update = sgns.make_update(sg=True, negative=3, noise=noise, alpha=0.025, min_alpha=1e-4,
+                            total_steps=len(batches), seed=0, mesh=mesh, row_update_cap=4.0)
+  for b in batches:
+    state, _ = update(state, parallel.global_batch(b, mesh))
+  return np.asarray(state['w_in']), np.asarray(state['w_out'])
+
+
+def test_one_and_eight_devices_give_the_same_vectors():
+  assert jax.device_count() == 8, 'conftest.py sets 8 CPU devices'
+  rng = np.random.default_rng(0)
+  ids = rng.integers(0, 50, 6000).astype(np.int32)
+  counts = np.bincount(ids, minlength=50)
+  stream = pairs.PairStream(ids, vocab_lib.keep_probabilities(counts, 1e-2), sg=True, window=3,
+                            tokens_per_step=1000, seed=0)
+  batches = [stream.batch(s) for s in range(6)]
+  noise = vocab_lib.noise_distribution(counts, 0.75)
+  one = _train_steps(jax.devices()[:1], batches, noise)
+  eight = _train_steps(jax.devices(), batches, noise)
+  for a, b in zip(one, eight):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert np.abs(one[1]).max() > 0
+
+
+@pytest.fixture(scope='module')
+def planted(tmp_path_factory):
+  """The tiny config trained on the planted corpus, once: (workdir, topics, corpus path)."""
+  root = tmp_path_factory.mktemp('w2v')
+  corpus_path = str(root / 'corpus.txt')
+  topics = _planted_corpus(corpus_path)
+  workdir = str(root / 'run')
+  results = train.train_and_evaluate(_tiny(corpus_path), workdir)
+  return workdir, topics, corpus_path, results
+
+
+def test_planted_topic_words_are_nearest_neighbours(planted):
+  workdir, topics, _, results = planted
+  words, table = load_word_vectors(workdir)
+  hits = 0
+  for topic in topics:
+    for w in topic:
+      near = evaluate.neighbours(words, table, [w], k=1)[w][0]
+      hits += near in topic
+  assert hits >= 0.95 * TOPICS * TOPIC_WORDS, hits
+  assert results['examples_dropped'] == 0 and results['raw_words_per_sec'] > 0
+
+
+def test_resume_is_exact(planted, tmp_path):
+  workdir, _, corpus_path, _ = planted
+  chunked = str(tmp_path / 'chunked')
+  first = train.train_and_evaluate(_tiny(corpus_path, stop_at_step=20), chunked)
+  assert first['step'] == 20 and not os.path.exists(os.path.join(chunked, 'vectors.bin'))
+  train.train_and_evaluate(_tiny(corpus_path), chunked)
+  _, resumed = load_word_vectors(chunked)
+  _, straight = load_word_vectors(workdir)
+  np.testing.assert_array_equal(resumed, straight)
+
+
+def test_saved_vectors_load_in_gensim(planted):
+  keyed = pytest.importorskip('gensim.models').KeyedVectors
+  workdir, _, _, _ = planted
+  words, table = load_word_vectors(workdir)
+  for name, binary in (('vectors.bin', True), ('vectors.txt', False)):
+    kv = keyed.load_word2vec_format(os.path.join(workdir, name), binary=binary)
+    assert list(kv.index_to_key) == words
+    np.testing.assert_array_equal(kv.vectors, table)
+
+
+def test_evaluation_matches_gensims():
+  keyed = pytest.importorskip('gensim.models').KeyedVectors
+  words = []
+  for name in ('ws353', 'simlex999', 'analogy'):
+    for line in open(evaluate.benchmark_path(name)):
+      if not line.startswith((':', '#')):
+        words += [w.lower() for w in line.replace('\t', ' ').split()[:(2 if name != 'analogy' else 4)]]
+  words = list(dict.fromkeys(words))[:900]      # leaves some pairs and questions OOV
+  table = np.random.default_rng(0).normal(size=(len(words), 20)).astype(np.float32)
+  kv = keyed(20)
+  kv.add_vectors(words, table)
+  for name in ('ws353', 'simlex999'):
+    ours = evaluate.word_similarity(words, table, evaluate.benchmark_path(name))
+    _, spearman, oov = kv.evaluate_word_pairs(evaluate.benchmark_path(name))
+    np.testing.assert_allclose(ours['spearman'], spearman[0], atol=1e-6)
+    np.testing.assert_allclose(100 * ours['oov_rate'], oov, atol=1e-6)
+  ours = evaluate.analogies(words, table, evaluate.benchmark_path('analogy'), restrict_vocab=500)
+  theirs, _ = kv.evaluate_word_analogies(evaluate.benchmark_path('analogy'), restrict_vocab=500)
+  np.testing.assert_allclose(ours['accuracy'], theirs, atol=1e-9)
