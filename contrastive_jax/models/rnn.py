@@ -276,8 +276,14 @@ class RNNEncoder(nn.Module):
   unroll: int = 1
   dtype: Any = jnp.float32
 
-  @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    outputs, mask, last = self.sequence(x, train)
+    return pool(outputs, mask, last, self.pooling).astype(self.dtype)
+
+  @nn.compact
+  def sequence(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The last layer before pooling: (outputs [N, L, D*H] (unspecified at padded
+    steps), mask [N, L] of valid steps, last [N, D*H] float32)."""
     ids = x.astype(jnp.int32)
     mask = ids != 0
     lengths = mask.sum(-1).astype(jnp.int32)
@@ -290,7 +296,7 @@ class RNNEncoder(nn.Module):
         y = nn.Dropout(self.dropout, name=f'dropout{k - 1}')(y, deterministic=not train)
       y, last = RecurrentLayer(self.cell, self.hidden_dim, self.bidirectional, self.impl,
                                self.unroll, self.dtype, name=f'layer{k}')(y, lengths)
-    return pool(y, mask, last, self.pooling).astype(self.dtype)
+    return y, mask, last
 
 
 def pool(outputs: jax.Array, mask: jax.Array, last: jax.Array, pooling: str) -> jax.Array:
