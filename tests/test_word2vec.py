@@ -262,3 +262,13 @@ def test_evaluation_matches_gensims():
   ours = evaluate.analogies(words, table, evaluate.benchmark_path('analogy'), restrict_vocab=500)
   theirs, _ = kv.evaluate_word_analogies(evaluate.benchmark_path('analogy'), restrict_vocab=500)
   np.testing.assert_allclose(ours['accuracy'], theirs, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_cbow_learns_the_planted_topics(planted, tmp_path):
+  _, topics, corpus_path, _ = planted
+  train.train_and_evaluate(_tiny(corpus_path, sg=0, num_epochs=6), str(tmp_path / 'cbow'))
+  words, table = load_word_vectors(str(tmp_path / 'cbow'))
+  hits = sum(evaluate.neighbours(words, table, [w], k=1)[w][0] in topic
+             for topic in topics for w in topic)
+  assert hits >= 0.9 * TOPICS * TOPIC_WORDS, hits
