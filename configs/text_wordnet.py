@@ -59,6 +59,7 @@ def get_config(arg: str | None = None):
     config.data.vocab_size = 4000
     config.data.min_count = 1
     config.num_epochs = 20
+    config.text_augment.synonym = 0.0   # no WordNet install needed
   if arg == 'tiny':  # for tests: seconds, not minutes
     config.batch_size = 32
     config.total_steps = 6

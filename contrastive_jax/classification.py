@@ -222,6 +222,16 @@ def copy_pretrained(state: train.TrainState, config: ml_collections.ConfigDict,
                        batch_stats=parallel.replicate(variables['batch_stats'], mesh))
 
 
+def fresh_state(state: train.TrainState, config: ml_collections.ConfigDict,
+                tx: optax.GradientTransformation, mesh, modality: Modality) -> train.TrainState:
+  """A new run's state: config.init_from's encoder copied in, or (from scratch)
+  the modality's initial parameters (e.g. word vectors in a text embedding)."""
+  state = copy_pretrained(state, config, tx, mesh)
+  if config.init_from:
+    return state
+  return train.with_params(state, modality.init_params(state.params), mesh)
+
+
 def model_and_state(run: Any, data: Any, num_classes: int, modality: Modality
                     ) -> tuple[classifier_lib.Classifier, optax.GradientTransformation,
                                optax.Schedule, train.TrainState, float, int]:
@@ -237,7 +247,7 @@ def model_and_state(run: Any, data: Any, num_classes: int, modality: Modality
   state = run.init_or_resume(
       lambda: train.init_state(model, tx, seed=config.seed, dummy_input=modality.dummy_input(),
                                mesh=run.mesh), data, total_steps,
-      fresh_fn=lambda s: copy_pretrained(s, config, tx, run.mesh))
+      fresh_fn=lambda s: fresh_state(s, config, tx, run.mesh, modality))
   return model, tx, schedule, state, steps_per_epoch, total_steps
 
 
@@ -304,6 +314,7 @@ def evaluate(logits_fn: Callable[[jax.Array], jax.Array], config: ml_collections
     pred = loop.predict_split(logits_fn, config.data, split, config.batch_size, mesh,
                               keep_logits=config.save_logits, input_key=modality.input_key)
     results[f'{split}_top1'] = loop.top1(pred)
+    results[f'{split}_balanced_acc'] = loop.balanced_accuracy(pred)
     results[f'{split}_examples'] = int(len(pred['label']))
     if config.save_logits and jax.process_index() == 0:
       buffer = io.BytesIO()

@@ -19,6 +19,7 @@ import ml_collections
 from contrastive_jax import methods, models
 from contrastive_jax.data import registry as data_registry
 from contrastive_jax.kernels import backend as kernels_backend
+from contrastive_jax.text import views as text_views
 
 
 def augment_defaults() -> ml_collections.ConfigDict:
@@ -138,6 +139,7 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
 
   config.data = data_defaults()
   config.augment = augment_defaults()
+  config.text_augment = text_views.text_augment_defaults()   # the text modality's views
   config.model = model_defaults()
   config.optim = optim_defaults()
   config.kernels = kernels_backend.kernels_defaults()
@@ -223,6 +225,8 @@ def validate(config: ml_collections.ConfigDict,
     models.validate(config.model)
   if 'method' in config:
     methods.build(config)  # the method validates its own section
+  if 'text_augment' in config:
+    text_views.validate(config.text_augment)
   if 'augment' in config:
     a = config.augment
     if not 0 < a.crop_area_min <= a.crop_area_max <= 1:
@@ -274,6 +278,7 @@ def finetune_defaults() -> ml_collections.ConfigDict:
 
   config.data = data_defaults()
   config.augment = augment_defaults()   # only the crop + flip keys are used
+  config.text_augment = text_views.text_augment_defaults()   # only the finetune_* keys
   config.model = model_defaults()
   config.optim = optim_defaults()
   config.kernels = kernels_backend.kernels_defaults()

@@ -71,7 +71,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state, step = run.train(state, step_fn, data, total_steps=total_steps,
                           progress_keys=('loss', 'teacher_agreement'),
                           batches=distillation.with_labelled_mask(data, label_ids),
-                          step_args=(teacher_variables,))
+                          step_args=(teacher_variables,),
+                          unit=modality.unit)
 
   # --- Eval: student top-1, teacher top-1 and agreement ----------------------------
   results: dict[str, Any] = {'step': step, 'total_steps': total_steps, 'preempted': run.preempted,

@@ -64,7 +64,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                'on %d devices.', data.num_examples, total_steps, steps_per_epoch,
                config.batch_size, jax.device_count())
   state, step = run.train(state, step_fn, data, total_steps=total_steps,
-                          progress_keys=('loss', 'train_acc'), step_args=({},))
+                          progress_keys=('loss', 'train_acc'), step_args=({},),
+                          unit=modality.unit)
 
   # --- Eval: val (for choices) and test (the reported number) ------------------
   results: dict[str, Any] = {'step': step, 'total_steps': total_steps, 'preempted': run.preempted,
@@ -75,9 +76,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
     logits_fn = classification.make_logits_fn(model, variables, run.mesh, modality)
     results.update(classification.evaluate(logits_fn, config, workdir, run.mesh, modality))
-    run.write_results(RESULTS_FILE, step, results, ('_top1',))
+    run.write_results(RESULTS_FILE, step, results, ('_top1', '_balanced_acc'))
     trainer.print_results('fine-tuned top-1: ' + ', '.join(
-        f'{k[:-5]} {v:.4f}' for k, v in results.items() if k.endswith('_top1')))
+        f'{k[:-5]} {v:.4f}' for k, v in results.items() if k.endswith('_top1')) +
+        ' (balanced: ' + ', '.join(f'{k[:-13]} {v:.4f}' for k, v in results.items()
+                                   if k.endswith('_balanced_acc')) + ')')
   run.close()
   return results
 

@@ -303,6 +303,16 @@ def top1(prediction: Mapping[str, np.ndarray]) -> float:
       prediction['label']) else 0.0
 
 
+def balanced_accuracy(prediction: Mapping[str, np.ndarray]) -> float:
+  """Mean over the classes present of each class's top-1 (the score that
+  unequal classes, such as WordNet's lexicographer files, call for)."""
+  label, pred = np.asarray(prediction['label']), np.asarray(prediction['pred'])
+  classes = np.unique(label[label >= 0])
+  if not len(classes):
+    return 0.0
+  return float(np.mean([np.mean(pred[label == c] == c) for c in classes]))
+
+
 # Library log lines below WARNING that the console does not show (--library_logs
 # brings them back), and harmless warnings that read like errors.
 _LIBRARY_PATHS = ('/orbax/', '/etils/', '/tensorflow/', '/tensorflow_datasets/', '/jax/_src/')

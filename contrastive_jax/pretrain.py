@@ -77,7 +77,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       params, stats, global_batch_size=config.batch_size)
   state = run.init_or_resume(
       lambda: train.init_state(model, tx, seed=config.seed, dummy_input=modality.dummy_input(),
-                               mesh=run.mesh, init_extra=init_extra), data, total_steps)
+                               mesh=run.mesh, init_extra=init_extra), data, total_steps,
+      fresh_fn=lambda s: train.with_params(s, modality.init_params(s.params), run.mesh))
 
   # --- Update step --------------------------------------------------------------
   step_fn = train.make_pretrain_step(model, tx, schedule, method, modality, run.mesh,
@@ -90,7 +91,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                'devices.', method.name, modality.describe(), total_steps, steps_per_epoch,
                warmup_steps, config.batch_size, jax.device_count())
   state, step = run.train(state, step_fn, data, total_steps=total_steps,
-                          progress_keys=('loss', 'contrast_acc', 'probe_acc'))
+                          progress_keys=('loss', 'contrast_acc', 'probe_acc'),
+                          unit=modality.unit)
 
   # --- Eval: the online probe, on val (for choices) and test (the reported number)
   results: dict[str, Any] = {'step': step, 'preempted': run.preempted, **run.last_metrics}

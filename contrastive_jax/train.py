@@ -56,6 +56,15 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, *, seed: int,
   return jax.jit(init, out_shardings=parallel.replicated(mesh))()
 
 
+def with_params(state: TrainState, params: Any, mesh: Mesh) -> TrainState:
+  """`state` with new parameter values (same shapes), replicated on the mesh;
+  the optimizer state is kept (it is still the fresh one: values, not shapes,
+  changed)."""
+  if params is state.params:
+    return state
+  return state.replace(params=jax.device_put(params, parallel.replicated(mesh)))
+
+
 def guard_nonfinite(old: TrainState, new: TrainState, metrics: Metrics,
                     nan_policy: str) -> tuple[TrainState, Metrics]:
   """Adds metrics['nonfinite'] (1.0 when the loss, the gradient norm or the new

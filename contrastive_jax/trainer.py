@@ -82,7 +82,8 @@ class Run:
       files.makedirs(workdir)
       lock = workdir_lock.WorkdirLock(workdir)
       lock.acquire()
-    modalities.setup_run(config, workdir)   # e.g. the text tokenizer, before any data
+    if 'data' in config:                    # (word2vec reads config.corpus instead)
+      modalities.setup_run(config, workdir)   # e.g. the text tokenizer, before any data
     writer = metrics_io.MetricsWriter(workdir)
     ckpt = checkpoint.Checkpointer(f'{workdir}/checkpoints', max_to_keep=config.keep_checkpoints,
                                    save_interval_steps=config.checkpoint_every_steps)

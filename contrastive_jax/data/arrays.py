@@ -136,13 +136,15 @@ def select_label_subset(labels: np.ndarray, fraction: float | None = None,
 
 
 def _balanced_positions(by_class: dict[int, np.ndarray], total: int,
-                        seed: int) -> np.ndarray:
+                        seed: int, max_class_fraction: float = 1.0) -> np.ndarray:
   """`total` positions split evenly over classes; remainder to random classes."""
   classes = sorted(by_class)
   base, remainder = divmod(total, len(classes))
   extra = set(np.random.default_rng([seed, 1 << 30]).permutation(classes)[:remainder].tolist())
-  # A class with too few examples gives all it has (only for unbalanced data).
-  counts = {c: min(len(by_class[c]), base + (c in extra)) for c in classes}
+  # A class with too few examples gives all it has, or max_class_fraction of
+  # them (only for unbalanced data).
+  counts = {c: min(int(len(by_class[c]) * max_class_fraction), base + (c in extra))
+            for c in classes}
   picked = [np.random.default_rng([seed, c]).permutation(by_class[c])[:counts[c]]
             for c in classes]
   return np.sort(np.concatenate(picked)).astype(np.int64)
@@ -152,7 +154,9 @@ def split_train_val(source: ArraySource, val_examples: int,
                     seed: int = 0) -> tuple[ArraySource, ArraySource | None]:
   """Carves `val_examples` (class-balanced, deterministic in `seed`) out of `source`.
 
-  Returns (train, val); val is None when val_examples == 0. Both keep the
+  A class too small for its share gives at most half of its examples (val is
+  then a little smaller than val_examples). Returns (train, val); val is None
+  when val_examples == 0. Both keep the
   source's example ids. Unlabelled sources get a uniform random carve. The
   carve should not depend on the training seed: callers pass a fixed seed.
   """
@@ -164,7 +168,8 @@ def split_train_val(source: ArraySource, val_examples: int,
                      f'{n} examples of {source.name}.')
   by_class = _class_positions(source.labels)
   if by_class:
-    val_pos = _balanced_positions(by_class, val_examples, seed)
+    # A small class keeps at least half of its examples for training.
+    val_pos = _balanced_positions(by_class, val_examples, seed, max_class_fraction=0.5)
   else:
     val_pos = np.sort(np.random.default_rng([seed, 1 << 31]).permutation(n)[:val_examples])
   keep = np.ones(n, dtype=bool)

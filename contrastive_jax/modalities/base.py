@@ -43,6 +43,7 @@ DROPOUT_STREAM = 0x7FFFFFFF   # folded into PRNGKey(seed): apart from the views'
 class Modality:
   name: ClassVar[str] = ''
   input_key: ClassVar[str] = ''
+  unit: ClassVar[str] = 'img'     # what the progress line counts per second
 
   def __init__(self, config: ml_collections.ConfigDict,
                input_shape: Optional[tuple[int, ...]] = None):
@@ -73,6 +74,14 @@ class Modality:
   def describe(self) -> str:
     """One line for the log: what the network sees."""
     return self.name
+
+  def init_params(self, params: Any) -> Any:
+    """A fresh network's parameters, changed where the config asks (the text
+    modality's word-vector embedding, config.model.embedding_init)."""
+    if self.config.model.get('embedding_init', ''):
+      raise ValueError(f'config.model.embedding_init={self.config.model.embedding_init!r}: '
+                       f'word vectors initialise a text encoder; this run is {self.name}.')
+    return params
 
   def rngs(self, step: Any) -> dict[str, jax.Array]:
     """{'dropout': key} for a training-mode apply at `step` (jittable)."""

@@ -4,11 +4,13 @@ evaluation.
 
 The tokenizer is part of the run: pretraining trains one on its training text
 (config.data.tokenizer_kind / vocab_size / min_count) unless
-config.data.tokenizer gives one, and keeps it as WORKDIR/tokenizer.json; a
-fine-tune or distillation (config.init_from) takes its teacher's. A rerun in
+config.data.tokenizer gives one, and keeps it as WORKDIR/tokenizer.json. A rerun in
 the same workdir keeps the workdir's tokenizer, and refuses a
 config.data.tokenizer that differs from it, since the checkpoints' embedding
-rows belong to its ids. config.data.tokenizer then names the workdir's copy,
+rows belong to its ids. A fine-tune or distillation takes the tokenizer of
+config.init_from, else config.teacher, else config.model_from (a from-scratch
+baseline reads text as the run whose architecture it copies).
+config.data.tokenizer then names the workdir's copy,
 so eval and `load_encoder` read text with it.
 
 Keys read: config.seed, config.text_augment (the views), config.data.max_length,
@@ -60,6 +62,7 @@ def _save(tok, path: str) -> None:
 class Text(Modality):
   name = 'text'
   input_key = text_data.INPUT_KEY
+  unit = 'sentences'
 
   def __init__(self, config: ml_collections.ConfigDict,
                input_shape: Optional[tuple[int, ...]] = None):
@@ -87,11 +90,13 @@ class Text(Modality):
               "workdir's checkpoints were trained with. Drop the flag to resume with the "
               "workdir's tokenizer, or start a new workdir for the other one.")
     else:
-      init_from = str(config.get('init_from', '') or '')
+      # A fine-tune / distillation reads text as the run it starts from does.
+      parent = next((str(config.get(k)) for k in ('init_from', 'teacher', 'model_from')
+                     if config.get(k) and os.path.isdir(str(config.get(k)))), '')
       if given_path:
         tok = lib.Tokenizer.load(given_path)
-      elif init_from:
-        tok = lib.Tokenizer.load(text_data.tokenizer_path({'tokenizer': init_from}))
+      elif parent:
+        tok = lib.Tokenizer.load(text_data.tokenizer_path({'tokenizer': parent}))
       else:
         tok = _train_tokenizer(config)
       if jax.process_index() == 0:
@@ -130,17 +135,37 @@ class Text(Modality):
   def vocab_size(self) -> int:
     return int(self.tokenizer.vocab_size)
 
-  @functools.cached_property
-  def synonyms(self) -> Optional[jax.Array]:
-    """int32 [V, K] synonym ids for the synonym view (None when it is off)."""
-    if not float(self.config.text_augment.get('synonym', 0.0)):
+  def synonyms(self, key: str) -> Optional[jax.Array]:
+    """int32 [V, K] synonym ids for the synonym view whose probability is
+    config.text_augment.<key> (None when it is off: WordNet is not read)."""
+    if not float(self.config.text_augment.get(key, 0.0)):
       return None
+    return self._synonym_table
+
+  @functools.cached_property
+  def _synonym_table(self) -> jax.Array:
     from contrastive_jax.text import synonyms  # pylint: disable=g-import-not-at-top
     table = synonyms.wordnet_synonym_table(self.tokenizer.vocab(),
                                            self.config.data.get('wordnet_dir', ''))
     logging.info('Synonym view: %d of %d tokens have WordNet synonyms in the vocabulary.',
                  int((table[:, 0] > 0).sum()), table.shape[0])
     return jnp.asarray(table)
+
+  def init_params(self, params: Any) -> Any:
+    """The token embedding from word vectors (config.model.embedding_init: a
+    word2vec workdir, `contrastive_jax.load_word_vectors`), row by row for the
+    tokens the vectors cover; the other rows keep their random values."""
+    source = str(self.config.model.get('embedding_init', '') or '')
+    if not source:
+      return params
+    from contrastive_jax.models import rnn  # pylint: disable=g-import-not-at-top
+    from contrastive_jax.word2vec.vectors import load_word_vectors  # pylint: disable=g-import-not-at-top
+    words, vectors = load_word_vectors(source)
+    params, coverage = rnn.embedding_from_vectors(params, self.tokenizer.vocab(), words,
+                                                  vectors)
+    logging.info('Token embedding from %s: %.1f%% of the %d tokens have a word vector.',
+                 source, 100 * coverage, self.vocab_size)
+    return params
 
   # --- The Modality contract -------------------------------------------------------
   def dummy_input(self, n: int = 2) -> jax.Array:
@@ -149,13 +174,14 @@ class Text(Modality):
   def train_views(self, step: Any, batch: Batch, num_views: int) -> jax.Array:
     from contrastive_jax.text import views  # pylint: disable=g-import-not-at-top
     return views.pretrain_views(self.config.seed, step, batch['index'], batch[self.input_key],
-                                self.config.text_augment, num_views, self.synonyms,
-                                self.vocab_size)
+                                self.config.text_augment, num_views,
+                                self.synonyms('synonym'), self.vocab_size)
 
   def train_inputs(self, step: Any, batch: Batch) -> jax.Array:
     from contrastive_jax.text import views  # pylint: disable=g-import-not-at-top
     return views.finetune_batch(self.config.seed, step, batch['index'], batch[self.input_key],
-                                self.config.text_augment, self.synonyms, self.vocab_size)
+                                self.config.text_augment, self.synonyms('finetune_synonym'),
+                                self.vocab_size)
 
   def eval_inputs(self, raw: jax.Array) -> jax.Array:
     return raw.astype(jnp.int32)

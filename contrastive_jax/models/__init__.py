@@ -71,6 +71,8 @@ def model_defaults() -> ml_collections.ConfigDict:
   cfg.dtype = 'float32'            # compute dtype: 'float32' | 'bfloat16'
   cfg.bn_momentum = 0.9
   cfg.bn_epsilon = 1e-5
+  cfg.embedding_init = ''          # text encoders: a word2vec workdir whose vectors start
+                                   # the token embedding (contrastive_jax.word2vec)
   return cfg
 
 

@@ -10,7 +10,6 @@ evaluates them (evaluate.py) into WORKDIR/word2vec_results.json.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -19,40 +18,16 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from contrastive_jax import (checkpoint, errors, files, metrics_io, parallel, trainer,
-                             workdir_lock)
+from contrastive_jax import trainer
 from contrastive_jax.word2vec import corpus, defaults, evaluate, pairs, sgns, vectors
 from contrastive_jax.word2vec import vocab as vocab_lib
 
 RESULTS_FILE = 'word2vec_results.json'
 
 
-def _start(config: ml_collections.ConfigDict, workdir: str) -> trainer.Run:
-  """trainer.Run.start's set-up for a run without an image or text data source:
-  validate, mesh, the workdir's lock, metrics writer and checkpointer (the
-  modality set-up Run.start adds for config.data sources does not apply)."""
-  defaults.validate(config)
-  if not files.is_remote(workdir) and os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise errors.WorkdirError(f'--workdir={workdir} is a file; give a directory (new or '
-                              'a run to resume).')
-  parallel.maybe_initialize_distributed(config.multihost)
-  mesh = parallel.make_mesh()
-  parallel.local_batch_size(config.batch_size, mesh)
-  lock = None
-  if jax.process_index() == 0:
-    files.makedirs(workdir)
-    lock = workdir_lock.WorkdirLock(workdir)
-    lock.acquire()
-  ckpt = checkpoint.Checkpointer(f'{workdir}/checkpoints', max_to_keep=config.keep_checkpoints,
-                                 save_interval_steps=config.checkpoint_every_steps)
-  return trainer.Run(config=config, workdir=workdir, mesh=mesh,
-                     writer=metrics_io.MetricsWriter(workdir), ckpt=ckpt,
-                     start_step=ckpt.latest_intact_step() or 0, lock=lock)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) word vectors in `workdir`; returns the results."""
-  run = _start(config, workdir)
+  run = trainer.Run.start(config, workdir, validate=defaults.validate)
   config = run.config
 
   started = time.monotonic()
