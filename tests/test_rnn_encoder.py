@@ -258,7 +258,7 @@ def test_validate_names_the_key_and_its_choices(key, value, match):
 def test_defaults_width_and_arch_keys():
   cfg = models.model_defaults()
   assert cfg.rnn.to_dict() == rnn.rnn_defaults().to_dict()
-  assert cfg.rnn.vocab_size == 0 and cfg.rnn.cell == 'gru' and cfg.rnn.impl == 'fused'
+  assert cfg.rnn.vocab_size == 0 and cfg.rnn.cell == 'gru' and cfg.rnn.impl == 'flax'
   spec = models.ENCODERS.get('rnn')
   assert 'impl' not in spec.arch_keys and 'unroll' not in spec.arch_keys
   assert 'dropout' not in spec.arch_keys and 'vocab_size' in spec.arch_keys

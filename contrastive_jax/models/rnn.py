@@ -33,7 +33,10 @@ only; checkpoints move between them):
            in one batched matmul). Padded steps keep the state; the backward
            direction reads each row's valid tokens in reverse by index arithmetic,
            so padding stays at the end.
-`unroll` goes to the scan of either.
+`unroll` goes to the scan of either. On CPU 'flax' is the faster (the hoisted
+projection's [L, N, D*G*H] tensor costs more memory traffic than the per-step
+input matmuls save; benchmarks/NOTES.md), so it is the default; 'fused' is the
+layout accelerators usually favour.
 
 Freeze groups (config.fine_tune_after_block): 0 = the embedding (and its dropout),
 k = recurrent layer k (and the dropout after it). FREEZE_ALL (99) freezes the
@@ -77,7 +80,8 @@ def rnn_defaults() -> ml_collections.ConfigDict:
       bidirectional=True,          # h width = hidden_dim * 2
       dropout=0.1,                 # embeddings and between layers, train mode only (SimCSE views)
       pooling='mean',              # over valid steps: 'mean' | 'max' | 'last'
-      impl='fused',                # speed only: 'fused' | 'flax' (same parameters, same h)
+      impl='flax',                 # speed only: 'flax' | 'fused' (same parameters, same h;
+                                   # 'flax' is the faster on CPU, benchmarks/rnn_encoder.py)
       unroll=1,                    # speed only: jax.lax.scan's unroll
   ))
 
