@@ -37,6 +37,7 @@ def get_config(arg: str | None = None):
   config.data.source = 'wordnet_glosses'
   config.data.val_examples = 2600        # the carve configs/text_wordnet.py makes
   config.data.max_length = 32
+  config.data.length_quantum = 8         # each batch cut to its longest text
   config.ft_proj_selector = 0            # the classifier sits on h
   config.fine_tune_after_block = -1      # train everything
   config.zero_init = True

@@ -139,7 +139,8 @@ def train_input(config: ml_collections.ConfigDict, start_step: int,
   return pipeline.BatchIterator(select(pipeline.load_split(config.data, 'train')),
                                 global_batch_size=config.batch_size, seed=config.seed,
                                 start_step=start_step, drop_remainder=False,
-                                prefetch=config.data.prefetch)
+                                prefetch=config.data.prefetch,
+                                **pipeline.sequence_options(config.data))
 
 
 # -----------------------------------------------------------------------------

@@ -96,6 +96,10 @@ def data_defaults() -> ml_collections.ConfigDict:
       vocab_size=20_000,           # the trained tokenizer's largest vocabulary
       min_count=2,                 # word-level: words seen fewer times are [UNK]
       max_length=32,               # tokens per example (longer texts keep their start)
+      length_buckets=0,            # > 0: pretraining batches drawn by length, sorting runs
+                                   # of this many batches (less padding; pipeline.py)
+      length_quantum=0,            # > 0: a batch keeps only the columns its longest
+                                   # example needs, rounded up to a multiple of this
   ))
 
 

@@ -192,3 +192,53 @@ def test_pretraining_trains_saves_and_records_its_tokenizer(tmp_path):
 def test_reading_text_without_a_tokenizer_says_how_to_get_one():
   with pytest.raises(ValueError, match='config.data.tokenizer is empty'):
     sources.load_source(_data_cfg(source='embedded_text'), 'train')
+
+
+# --- Length bucketing ----------------------------------------------------------------
+
+def _token_source(n=400, max_len=24, seed=0):
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(1, max_len + 1, n)
+  ids = np.zeros((n, max_len), np.int32)
+  for i, l in enumerate(lengths):
+    ids[i, :l] = rng.integers(3, 50, l)
+  return sources.ArraySource(images=ids, labels=np.zeros(n, np.int32), num_classes=1,
+                             name='tokens', input_key='tokens'), lengths
+
+
+def test_length_buckets_cut_padding_and_keep_every_example_once_per_epoch():
+  src, lengths = _token_source()
+  plain = pipeline.BatchIterator(src, global_batch_size=32, seed=3)
+  bucketed = pipeline.BatchIterator(src, global_batch_size=32, seed=3, bucket_batches=4,
+                                    length_quantum=8)
+  spe = 400 // 32
+  seen, widths, spreads, plain_spreads = [], [], [], []
+  for step in range(spe):
+    batch = bucketed.get_batch(step)
+    seen += batch['index'].tolist()
+    width = batch['tokens'].shape[1]
+    longest = lengths[batch['index']].max()
+    assert width == min(24, -(-longest // 8) * 8)            # quantum-rounded global max
+    assert (batch['tokens'] != 0).sum(1).tolist() == lengths[batch['index']].tolist()
+    widths.append(width)
+    spreads.append(np.ptp(lengths[batch['index']]))
+    plain_spreads.append(np.ptp(lengths[plain.get_batch(step)['index']]))
+  assert len(set(seen)) == len(seen) == spe * 32               # once per epoch
+  assert np.mean(spreads) < 0.5 * np.mean(plain_spreads)        # similar lengths per batch
+  assert min(widths) < 24
+  # The same batches from a fresh iterator, and row shares of two processes.
+  again = pipeline.BatchIterator(src, global_batch_size=32, seed=3, bucket_batches=4,
+                                 length_quantum=8, start_step=5)
+  np.testing.assert_array_equal(next(again)['tokens'], bucketed.get_batch(5)['tokens'])
+  halves = [pipeline.BatchIterator(src, global_batch_size=32, seed=3, bucket_batches=4,
+                                   length_quantum=8, process_index=p, process_count=2)
+            .get_batch(5)['tokens'] for p in (0, 1)]
+  np.testing.assert_array_equal(np.concatenate(halves), bucketed.get_batch(5)['tokens'])
+
+
+def test_images_ignore_the_sequence_options():
+  src = sources.load_embedded('test')
+  a = pipeline.BatchIterator(src, global_batch_size=16, seed=0, bucket_batches=4,
+                             length_quantum=8).get_batch(2)
+  b = pipeline.BatchIterator(src, global_batch_size=16, seed=0).get_batch(2)
+  np.testing.assert_array_equal(a['image'], b['image'])

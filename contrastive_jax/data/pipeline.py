@@ -10,6 +10,13 @@ a pure function of (seed, s, N, B):
                         stream and step s reads its positions [s * B, (s+1) * B);
                         a batch may straddle two epochs, every example is seen
                         exactly once per N positions.
+Token sequences (text) may be length-bucketed: with config.data.length_buckets
+= K each run of K batches of the epoch's order is sorted by length and cut into
+batches, whose order is then shuffled with (seed, epoch); with
+config.data.length_quantum = q every batch keeps only as many columns as its
+global batch's longest example needs, rounded up to a multiple of q. Both are
+functions of (seed, step) and of the whole global batch, so they hold on any
+number of processes.
 Process p of P gets rows [p * B/P, (p+1) * B/P) of that global batch, so the
 batches that `jax.make_array_from_process_local_data` assembles are the same
 whatever the number of processes; resuming is `start_step=k`, no replay.
@@ -55,11 +62,29 @@ class _Sampler:
   """
 
   def __init__(self, source: ArraySource, global_batch_size: int, seed: int,
-               shuffle: bool, drop_remainder: bool, rows: slice):
+               shuffle: bool, drop_remainder: bool, rows: slice,
+               bucket_batches: int = 0, length_quantum: int = 0):
     self.source, self.global_batch_size, self.seed = source, global_batch_size, seed
     self.shuffle, self.drop_remainder, self.rows = shuffle, drop_remainder, rows
     self.ids = source.example_ids()
     self._perm_cache: dict[int, np.ndarray] = {}
+    sequences = source.inputs.ndim == 2          # token ids [N, L], 0-padded at the end
+    self.lengths = (source.inputs != 0).sum(1) if sequences else None
+    self.bucket_batches = int(bucket_batches) if sequences and shuffle and drop_remainder else 0
+    self.length_quantum = int(length_quantum) if sequences else 0
+
+  def _bucketed(self, perm: np.ndarray, epoch: int) -> np.ndarray:
+    """`perm` with each run of bucket_batches batches sorted by length and cut
+    into batches, then the epoch's batches in a random order (seeded by
+    (seed, epoch)): batches of similar lengths, whose padding `batch` trims."""
+    b = self.global_batch_size
+    used = (len(perm) // b) * b
+    chunk = self.bucket_batches * b
+    parts = [perm[i:min(i + chunk, used)] for i in range(0, used, chunk)]
+    parts = [p[np.argsort(self.lengths[p], kind='stable')] for p in parts]
+    batches = np.concatenate(parts).reshape(-1, b)
+    order = np.random.default_rng([self.seed, epoch, 1]).permutation(len(batches))
+    return np.concatenate([batches[order].reshape(-1), perm[used:]])
 
   def permutation(self, epoch: int) -> np.ndarray:
     perm = self._perm_cache.get(epoch)
@@ -67,17 +92,20 @@ class _Sampler:
       n = self.source.num_examples
       perm = (np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle
               else np.arange(n))
+      if self.bucket_batches:
+        perm = self._bucketed(perm, epoch)
       # Steps move forward: this epoch and the next are all that is needed.
       for old in sorted(self._perm_cache)[:-1]:
         self._perm_cache.pop(old, None)
       self._perm_cache[epoch] = perm
     return perm
 
-  def positions(self, step: int) -> np.ndarray:
+  def positions(self, step: int, rows: slice | None = None) -> np.ndarray:
     if step < 0:
       raise ValueError(f'step={step} must be >= 0.')
     n, b = self.source.num_examples, self.global_batch_size
-    rows = np.arange(self.rows.start, self.rows.stop, dtype=np.int64)
+    rows = self.rows if rows is None else rows
+    rows = np.arange(rows.start, rows.stop, dtype=np.int64)
     if self.drop_remainder:
       spe = n // b
       epochs = np.full_like(rows, step // spe)
@@ -93,7 +121,15 @@ class _Sampler:
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     pos = self.positions(step)
-    return {self.source.input_key: self.source.inputs[pos], 'label': self.source.labels[pos],
+    inputs = self.source.inputs[pos]
+    if self.length_quantum:
+      # Padding columns every row of the *global* batch has are cut (to a
+      # multiple of length_quantum, so few shapes compile): every process
+      # computes the same width from the whole batch's lengths.
+      longest = int(self.lengths[self.positions(step, slice(0, self.global_batch_size))].max())
+      q = self.length_quantum
+      inputs = inputs[:, :min(inputs.shape[1], -(-longest // q) * q)]
+    return {self.source.input_key: inputs, 'label': self.source.labels[pos],
             'index': self.ids[pos]}
 
 
@@ -109,7 +145,7 @@ class BatchIterator:
   def __init__(self, source: ArraySource, *, global_batch_size: int, seed: int,
                start_step: int = 0, shuffle: bool = True, drop_remainder: bool = True,
                process_index: int | None = None, process_count: int | None = None,
-               prefetch: int = 0):
+               prefetch: int = 0, bucket_batches: int = 0, length_quantum: int = 0):
     self.source = source
     self.global_batch_size = int(global_batch_size)
     self.seed = int(seed)
@@ -127,7 +163,7 @@ class BatchIterator:
       raise ValueError(f'config.batch_size={global_batch_size} exceeds the {n} examples '
                        f'of {source.name}; lower it (drop_remainder leaves no batch).')
     self._sampler = _Sampler(source, self.global_batch_size, self.seed, shuffle,
-                             drop_remainder, rows)
+                             drop_remainder, rows, bucket_batches, length_quantum)
     self.step = int(start_step)
     self._prefetch = int(prefetch)
     self._queue: queue.Queue | None = None
@@ -316,7 +352,14 @@ def make_train_iterator(data_cfg: Any, *, global_batch_size: int, seed: int,
         process_index=pi, process_count=pc)
   return BatchIterator(load_split(data_cfg, 'train'), global_batch_size=global_batch_size,
                        seed=seed, start_step=start_step, process_index=pi,
-                       process_count=pc, prefetch=data_cfg.prefetch)
+                       process_count=pc, prefetch=data_cfg.prefetch,
+                       **sequence_options(data_cfg))
+
+
+def sequence_options(data_cfg: Any) -> dict[str, int]:
+  """BatchIterator's options for token sequences (ignored for images)."""
+  return dict(bucket_batches=int(data_cfg.get('length_buckets', 0) or 0),
+              length_quantum=int(data_cfg.get('length_quantum', 0) or 0))
 
 
 def make_eval_iterator(data_cfg: Any, which: str, *, global_batch_size: int,
