@@ -353,3 +353,14 @@ def test_embedding_from_vectors_copies_exactly_the_matching_rows():
     rnn.embedding_from_vectors(enc_params, vocab, words, vectors[:, :3])
   with pytest.raises(ValueError, match='vocab_size'):
     rnn.embedding_from_vectors(enc_params, vocab[:-1], words, vectors)
+
+
+@pytest.mark.parametrize('after,same', [(classifier_lib.FREEZE_ALL, True), (-1, False)])
+def test_frozen_layers_drop_nothing_in_train_mode(after, same):
+  cfg = _model_cfg(num_layers=1, bidirectional=False, dropout=0.5)
+  model = classifier_lib.build_classifier(cfg, 3, ft_proj_selector=0, zero_init=False,
+                                          fine_tune_after_block=after)
+  variables = _init(model)
+  logits = [model.apply(variables, IDS, train=True, mutable=['batch_stats'],
+                        rngs={'dropout': jax.random.PRNGKey(k)})[0] for k in (0, 1)]
+  assert np.allclose(logits[0], logits[1]) == same

@@ -163,8 +163,8 @@ class Text(Modality):
     words, vectors = load_word_vectors(source)
     params, coverage = rnn.embedding_from_vectors(params, self.tokenizer.vocab(), words,
                                                   vectors)
-    logging.info('Token embedding from %s: %.1f%% of the %d tokens have a word vector.',
-                 source, 100 * coverage, self.vocab_size)
+    logging.info('Token embedding from %s: %.1f%% of the vocabulary\'s words have a word '
+                 'vector.', source, 100 * coverage)
     return params
 
   # --- The Modality contract -------------------------------------------------------

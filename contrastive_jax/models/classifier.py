@@ -14,7 +14,7 @@ subtrees drop in unchanged:
 Freezing (`fine_tune_after_block`, as in TF SimCLR): -1 trains everything; k
 freezes the encoder's freeze groups 0..k (each encoder names its groups: for a
 ResNet 0 is the stem and k stage k); the encoder's `freeze_all` value (4 for a
-ResNet) freezes everything but the classifier (linear evaluation). A frozen module runs its BatchNorm in
+ResNet) freezes everything but the classifier (linear evaluation). A frozen module runs its Dropout as the identity and its BatchNorm in
 inference mode (running statistics, which are then never updated) and its
 output is wrapped in stop_gradient, so no gradient is computed for it. Its
 parameters must also get no update from the optimizer: `frozen_labels` gives
@@ -92,6 +92,10 @@ def _freeze_interceptor(root: tuple[str, ...], fine_tune_after_block: int,
           f'BatchNorm at {"/".join(path)} sets use_running_average as an attribute; '
           'freezing (config.fine_tune_after_block) needs it passed at call time.')
     args, kwargs = args[:1], dict(kwargs, use_running_average=True)
+  if isinstance(context.module, nn.Dropout):
+    # A frozen layer passes its input through (linear evaluation of a text
+    # encoder sees the pretrained features, not dropped-out ones).
+    args, kwargs = args[:1], dict(kwargs, deterministic=True)
   out = next_fun(*args, **kwargs)
   return jax.tree.map(jax.lax.stop_gradient, out)
 
