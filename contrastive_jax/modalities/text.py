@@ -135,7 +135,7 @@ class Text(Modality):
   def vocab_size(self) -> int:
     return int(self.tokenizer.vocab_size)
 
-  def synonyms(self, key: str) -> Optional[jax.Array]:
+  def synonyms(self, key: str) -> Optional[np.ndarray]:
     """int32 [V, K] synonym ids for the synonym view whose probability is
     config.text_augment.<key> (None when it is off: WordNet is not read)."""
     if not float(self.config.text_augment.get(key, 0.0)):
@@ -143,13 +143,14 @@ class Text(Modality):
     return self._synonym_table
 
   @functools.cached_property
-  def _synonym_table(self) -> jax.Array:
+  def _synonym_table(self) -> np.ndarray:
+    # numpy, not jax: built on first use, which may be inside a jit trace.
     from contrastive_jax.text import synonyms  # pylint: disable=g-import-not-at-top
     table = synonyms.wordnet_synonym_table(self.tokenizer.vocab(),
                                            self.config.data.get('wordnet_dir', ''))
     logging.info('Synonym view: %d of %d tokens have WordNet synonyms in the vocabulary.',
                  int((table[:, 0] > 0).sum()), table.shape[0])
-    return jnp.asarray(table)
+    return np.asarray(table, np.int32)
 
   def init_params(self, params: Any) -> Any:
     """The token embedding from word vectors (config.model.embedding_init: a
