@@ -59,6 +59,27 @@ def test_text_pretraining_is_the_same_on_one_and_eight_devices(runs):
     assert a.read() == b.read()
 
 
+def test_two_processes_of_four_devices_equal_one_device(runs, tmp_path):
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as sock:
+    sock.bind(('127.0.0.1', 0))
+    port = sock.getsockname()[1]
+  workdir = str(tmp_path / 'two_procs')
+  procs = []
+  for i in range(2):
+    env = dict(_env(4), JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
+               JAX_PROCESS_ID=str(i))
+    procs.append(subprocess.Popen(
+        [sys.executable, '-m', 'contrastive_jax.pretrain', f'--config={TINY}',
+         f'--workdir={workdir}', '--config.log_every_steps=1', '--config.multihost=yes',
+         '--config.text_augment.synonym=0.2'], cwd=REPO, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-5000:]
+  np.testing.assert_allclose(_losses(workdir), _losses(runs[1]), rtol=2e-5)
+
+
 def test_text_pretraining_resumes_exactly(runs, tmp_path):
   workdir = str(tmp_path / 'resumed')
   flags = ('--config.log_every_steps=1', '--config.text_augment.synonym=0.2')
@@ -94,3 +115,17 @@ def test_finetune_one_percent_then_eval_then_strings_through_load_encoder(runs, 
   assert not np.allclose(h[0], h[1])
   with pytest.raises(ValueError, match='Expected strings, or int token ids'):
     encode(np.zeros((2, 3, 4)))
+
+
+@pytest.mark.slow
+def test_distill_a_text_student(runs, tmp_path):
+  ft = str(tmp_path / 'teacher')
+  _run('finetune', FINETUNE, ft, f'--config.init_from={runs[1]}', '--config.total_steps=4')
+  student = str(tmp_path / 'student')
+  out = _run('distill', os.path.join(REPO, 'configs', 'distill.py'), student,
+             f'--config.teacher={ft}', '--config.data.source=embedded_text',
+             '--config.data.val_examples=260', '--config.data.max_length=16',
+             '--config.total_steps=4', '--config.batch_size=32')
+  assert 'student top-1' in out
+  assert open(os.path.join(student, 'tokenizer.json')).read() == open(
+      os.path.join(runs[1], 'tokenizer.json')).read()

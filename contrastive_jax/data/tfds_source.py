@@ -66,7 +66,8 @@ def _import_tf():
   return tf, tfds
 
 
-def _builder(name: str, data_dir: str):
+def prepared_builder(name: str, data_dir: str):
+  """tfds' builder of `name`, prepared; an error naming the keys to fix if not."""
   _, tfds = _import_tf()
   try:
     builder = tfds.builder(name, data_dir=data_dir or None)
@@ -77,9 +78,14 @@ def _builder(name: str, data_dir: str):
         f'(config.data.data_dir={data_dir!r}): {type(e).__name__}: {e}. Prepare it first '
         f'(`tfds build {name}`; ImageNet needs its manual download), or point '
         'config.data.data_dir at a prepared copy.') from e
+  return builder
+
+
+def _builder(name: str, data_dir: str):
+  builder = prepared_builder(name, data_dir)
   if 'image' not in builder.info.features:
     raise ValueError(f'config.data.name={name!r} has no "image" feature (features: '
-                     f'{list(builder.info.features)}); only image datasets are supported.')
+                     f'{list(builder.info.features)}); source=tfds reads image datasets (text: source=tfds_text).')
   return builder
 
 

@@ -25,14 +25,7 @@ TEXT_FEATURES = ('text', 'description', 'sentence', 'review', 'content', 'docume
 @functools.lru_cache(maxsize=4)
 def _read(name: str, data_dir: str, split: str, text_column: str) -> text_data.TextSplit:
   _, tfds = tfds_source._import_tf()  # pylint: disable=protected-access
-  try:
-    builder = tfds.builder(name, data_dir=data_dir or None)
-    builder.download_and_prepare()
-  except Exception as e:  # pylint: disable=broad-except  # re-raised with the keys to fix
-    raise RuntimeError(
-        f'tfds could not provide config.data.name={name!r} (config.data.data_dir='
-        f'{data_dir!r}): {type(e).__name__}: {e}. Prepare it first (`tfds build {name}`), '
-        'or point config.data.data_dir at a prepared copy.') from e
+  builder = tfds_source.prepared_builder(name, data_dir)
   features = builder.info.features
   key = text_column if text_column in features else next(
       (k for k in TEXT_FEATURES if k in features), None)
