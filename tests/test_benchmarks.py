@@ -359,3 +359,31 @@ def test_host_input_quick(tmp_path):
   record = json.loads(out.read_text().splitlines()[-1])
   assert record['kind'] == 'host_input' and len(record['rows']) == 2
   assert all(_finite(r['images_per_s']) for r in record['rows'])
+
+
+def test_text_step_quick(tmp_path):
+  out = tmp_path / 'text.jsonl'
+  stdout = _run('text_step.py', ['--quick', '--out', str(out)], {})
+  rows = {r[0]: r for r in _table_rows(stdout)}
+  assert list(rows) == ['naive', 'ours bi plain', 'ours bi bucketed', 'ours uni plain',
+                        'ours uni bucketed'], rows
+  for r in rows.values():  # step ms, sentences/s, GFLOP/step, GFLOP/s
+    for cell in (r[3], r[4], r[6], r[7]):
+      assert math.isfinite(float(cell)) and float(cell) > 0, r
+    assert r[5].endswith('x') and r[8].endswith('%') and r[9].endswith('%'), r
+  assert rows['naive'][2] == '16 (100%)'  # the tiny config's max_length, un-bucketed
+  assert rows['ours bi bucketed'][2].startswith('8 (')  # a shorter bucketed width
+  for what in ('same architecture (bi-GRU)', "the config's architecture (uni-GRU)"):
+    for kind in ('bucketed', 'plain'):
+      assert re.search(rf'ratio ours/naive \(sentences/s\), {re.escape(what)}, {kind}: '
+                       r'[0-9.]+ \(per pair median [0-9.]+, min-max [0-9.]+-[0-9.]+\)',
+                       stdout), stdout
+  record = json.loads(out.read_text().splitlines()[-1])
+  assert record['kind'] == 'text_step' and record['source'] == 'embedded_text'
+  assert abs(sum(record['epoch_width_share'].values()) - 1.0) < 1e-9
+  for row in record['rows']:
+    for key in ('step_s', 'sentences_per_s', 'step_flops', 'mfu_peak', 'mfu_matmul',
+                'ratio_over_naive'):
+      assert _finite(row[key]) and row[key] > 0, (row['arm'], key, row[key])
+    assert len(row['round_s']) == 2 and len(row['pair_ratios']) == 2
+  assert _finite(record['matmul']['best_flops_per_s'])
