@@ -12,15 +12,21 @@ and the same class-balanced 1% / 10% label subsets (select_label_subset,
 label_seed 0) the finetune binary draws. Arms:
   - ours: pretrain configs/text_wordnet.py for the budget (SIGTERM at the
     deadline: the step reached is evaluated), then finetune 1% / 10%
-    (configs/text_finetune.py) and the eval binary's linear probe on frozen h
-    with every label;
+    (configs/text_finetune.py: the whole network, or the classifier alone on
+    frozen h, whichever val prefers) and the eval binary's linear probe on
+    frozen h with every label;
   - scratch: the same RNN trained from scratch on each labelled subset
     (finetune with model_from, no init_from);
   - random: the eval binary's linear probe on a randomly initialised encoder;
   - tfidf: TF-IDF of word 1-2 grams + logistic regression, C chosen on val;
-  - sgns_avg: gensim skip-gram (Mikolov et al. 2013) trained on the same
-    unlabelled training text, averaged word vectors + logistic regression;
-  - w2v_avg: the same with this project's word2vec vectors (--w2v-workdir).
+  - sgns_avg: gensim skip-gram (Mikolov et al. 2013) trained on the
+    unlabelled text (every WordNet gloss but the noun test split's; --quick:
+    the training split's), averaged word vectors + logistic regression;
+  - scratch_w2v (with --embedding-init): the RNN from scratch with its token
+    embedding started from this project's word2vec vectors;
+  - w2v_avg: the same with this project's word2vec vectors (--embedding-init
+    trains them on every gloss but the noun test split's and also starts the
+    RNN's token embedding from them; or --w2v-workdir).
 Accuracy and balanced accuracy (mean per-class recall: the classes are very
 unequal) on test. Writes OUT/text_quality.json and OUT/text_quality.md.
 """
@@ -47,6 +53,7 @@ FINETUNE = os.path.join(REPO, 'configs', 'text_finetune.py')
 EVAL = os.path.join(REPO, 'configs', 'eval.py')
 FRACTIONS = {'1': 0.01, '10': 0.1}
 C_GRID = (0.1, 1.0, 10.0, 100.0)
+VAL_CLASS_FRACTION = 0.5     # configs/text_wordnet.py's config.data.val_max_class_fraction
 TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 
@@ -62,7 +69,8 @@ def splits(source: str, val_examples: int) -> dict[str, tuple[list[str], np.ndar
   stub = sources.ArraySource(images=np.zeros((len(full.texts), 1), np.int32),
                              labels=full.labels, num_classes=full.num_classes, name=full.name,
                              ids=full.ids, input_key='tokens')
-  train, val = sources.split_train_val(stub, val_examples, seed=pipeline.VAL_SEED)
+  train, val = sources.split_train_val(stub, val_examples, seed=pipeline.VAL_SEED,
+                                      max_class_fraction=VAL_CLASS_FRACTION)
   text_of = dict(zip(full.ids.tolist(), full.texts))
   out = {name: ([text_of[i] for i in s.example_ids().tolist()], s.labels)
          for name, s in (('train', train), ('val', val))}
@@ -135,6 +143,34 @@ def gensim_vectors(texts: list[str], epochs: int, seed: int) -> tuple[list[str],
   return list(model.wv.index_to_key), np.asarray(model.wv.vectors)
 
 
+def unlabelled_corpus(path: str) -> int:
+  """Every WordNet gloss but those of the noun test split, one per line: the
+  unlabelled text a run may read (the test split's text stays unseen)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.data import text_data, wordnet  # pylint: disable=g-import-not-at-top
+  test = text_data.read_texts(ml_collections.ConfigDict(
+      dict(source='wordnet_glosses', wordnet_dir='')), 'test')
+  held_out = set(test.ids.tolist())
+  lines = [s.gloss for pos in wordnet.POS_FILES for s in wordnet.iter_synsets('', pos)
+           if not (pos == 'noun' and s.offset in held_out)]
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write('\n'.join(lines) + '\n')
+  return len(lines)
+
+
+def word2vec(out: str, dim: int) -> str:
+  """This project's word2vec on unlabelled_corpus (vector_size = the RNN's
+  embed_dim, so the vectors can start its embedding); returns the workdir."""
+  corpus_path = os.path.join(out, 'unlabelled_glosses.txt')
+  unlabelled_corpus(corpus_path)
+  workdir = os.path.join(out, 'word2vec')
+  _run(['contrastive_jax.word2vec', f'--config={os.path.join(REPO, "configs", "word2vec.py")}',
+        f'--workdir={workdir}', f'--config.vector_size={dim}', '--config.min_count=2',
+        '--config.corpus.source=text', f'--config.corpus.path={corpus_path}'],
+       os.path.join(out, 'word2vec.log'))
+  return workdir
+
+
 # --- The binaries --------------------------------------------------------------------
 
 def _json(path: str) -> dict:
@@ -195,6 +231,9 @@ def main() -> None:
   parser.add_argument('--only-ours', action='store_true', help='pretrain + probe only (val)')
   parser.add_argument('--set', action='append', default=[], help='pretrain config overrides')
   parser.add_argument('--w2v-workdir', default='', help="this project's word2vec vectors")
+  parser.add_argument('--embedding-init', action='store_true',
+                      help="train this project's word2vec on the unlabelled glosses first and "
+                           'start the RNN embedding from it (also the w2v_avg baseline)')
   parser.add_argument('--gensim-epochs', type=int, default=10)
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
@@ -215,7 +254,13 @@ def main() -> None:
   t0 = time.time()
 
   # Ours: pretrain for the budget, then the probes and fine-tunes.
-  report['pretrain_seconds'] = pretrain(args.out, 'pretrain', sets, minutes, arg)
+  if args.embedding_init and not args.w2v_workdir:
+    t_w2v = time.time()
+    embed_dim = _load_config(f'{PRETRAIN}{arg}').model.rnn.embed_dim
+    args.w2v_workdir = word2vec(args.out, embed_dim)
+    report['word2vec_seconds'] = time.time() - t_w2v
+  init = [f'--config.model.embedding_init={args.w2v_workdir}'] if args.embedding_init else []
+  report['pretrain_seconds'] = pretrain(args.out, 'pretrain', sets + init, minutes, arg)
   pre = os.path.join(args.out, 'pretrain')
   rows['ours'] = {'100': linear_probe(args.out, pre, 'probe', [])}
   if args.only_ours:
@@ -223,12 +268,24 @@ def main() -> None:
     _write(args.out, report)
     return
   for frac in FRACTIONS:
-    rows['ours'][frac] = finetune(args.out, f'ft{frac}', frac,
-                                  [f'--config.init_from={pre}', *data_flags], ft_minutes)
+    # Fine-tune everything, or only the classifier on frozen h: chosen on val.
+    tried = {'all': finetune(args.out, f'ft{frac}', frac,
+                             [f'--config.init_from={pre}', *data_flags], ft_minutes),
+             'frozen': finetune(args.out, f'ft{frac}_frozen', frac,
+                                [f'--config.init_from={pre}', *data_flags,
+                                 '--config.fine_tune_after_block=99',
+                                 '--config.optim.learning_rate=0.003'], ft_minutes)}
+    pick = max(tried, key=lambda k: tried[k]['val_acc'] or 0.0)
+    rows['ours'][frac] = dict(tried[pick], chosen=pick,
+                              others={k: v for k, v in tried.items() if k != pick})
   # The same RNN from scratch, and its random-init probe.
   rows['scratch'] = {frac: finetune(args.out, f'scratch{frac}', frac,
                                     [f'--config.model_from={pre}', *data_flags], ft_minutes)
                      for frac in FRACTIONS}
+  if init:  # word vectors alone, no contrastive pretraining
+    rows['scratch_w2v'] = {frac: finetune(args.out, f'scratch_w2v{frac}', frac,
+                                          [f'--config.model_from={pre}', *data_flags, *init],
+                                          ft_minutes) for frac in FRACTIONS}
   _run(['contrastive_jax.pretrain', f'--config={PRETRAIN}{arg}',
         f'--workdir={os.path.join(args.out, "random")}', '--config.total_steps=1',
         '--config.optim.learning_rate=0', f'--config.data.tokenizer={pre}', *sets],
@@ -238,13 +295,29 @@ def main() -> None:
   # Host baselines on the same splits.
   data, subsets = splits(source, val_examples)
   rows['tfidf'] = tfidf_arm(data, subsets)
-  unlabelled = data['train'][0] + data['val'][0]
+  corpus_path = os.path.join(args.out, 'unlabelled_glosses.txt')
+  if not args.quick and not os.path.exists(corpus_path):
+    unlabelled_corpus(corpus_path)
+  if args.quick:
+    unlabelled = data['train'][0] + data['val'][0]
+  else:   # the text this project's word2vec reads
+    with open(corpus_path, encoding='utf-8') as f:
+      unlabelled = f.read().splitlines()
   rows['sgns_avg'] = vectors_arm(data, subsets, *gensim_vectors(unlabelled, args.gensim_epochs, 0))
   if args.w2v_workdir:
     from contrastive_jax.word2vec.vectors import load_word_vectors  # pylint: disable=g-import-not-at-top
     rows['w2v_avg'] = vectors_arm(data, subsets, *load_word_vectors(args.w2v_workdir))
   report['wall_seconds'] = time.time() - t0
   _write(args.out, report)
+
+
+def _load_config(path_and_arg: str):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path, _, arg = path_and_arg.partition(':')
+  spec = importlib.util.spec_from_file_location('text_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg or None)
 
 
 def _write(out: str, report: dict) -> None:

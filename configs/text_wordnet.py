@@ -29,6 +29,7 @@ def get_config(arg: str | None = None):
   config.summary_images = 0
 
   config.data.source = 'wordnet_glosses'
+  config.data.val_max_class_fraction = 0.5   # small classes keep half for training
   config.data.val_examples = 2600       # 100 per class: choices are made here, not on test
   config.data.tokenizer_kind = 'word'
   config.data.vocab_size = 20_000

@@ -71,6 +71,7 @@ def data_defaults() -> ml_collections.ConfigDict:
       train_split='train',
       test_split='test',
       val_examples=0,              # carved from the end of train (balanced); 0 = none
+      val_max_class_fraction=1.0,  # a class gives val at most this fraction of itself
       image_size=0,                # network input side; 0 = the source's own size
       host_image_size=0,           # varying-size data: side S the host resizes to
                                    # (e.g. 320 for a 224 crop); 0 = image_size

@@ -164,7 +164,8 @@ def load_eval_data(data_cfg: ml_collections.ConfigDict, *, need_train: bool,
                    'examples of train (config.val_fraction=%s).', data_cfg.val_examples,
                    val_fraction)
     # = pipeline.load_split('train' / 'val') without reading train twice.
-    train, val = sources.split_train_val(full, data_cfg.val_examples, seed=pipeline.VAL_SEED)
+    train, val = sources.split_train_val(full, data_cfg.val_examples, seed=pipeline.VAL_SEED,
+                                         max_class_fraction=pipeline.val_class_fraction(data_cfg))
   test = sources.load_source(data_cfg, data_cfg.test_split)
   return EvalData(data_cfg, train, val, test, streaming=False)
 

@@ -150,13 +150,15 @@ def _balanced_positions(by_class: dict[int, np.ndarray], total: int,
   return np.sort(np.concatenate(picked)).astype(np.int64)
 
 
-def split_train_val(source: ArraySource, val_examples: int,
-                    seed: int = 0) -> tuple[ArraySource, ArraySource | None]:
+def split_train_val(source: ArraySource, val_examples: int, seed: int = 0,
+                    max_class_fraction: float = 1.0
+                    ) -> tuple[ArraySource, ArraySource | None]:
   """Carves `val_examples` (class-balanced, deterministic in `seed`) out of `source`.
 
-  A class too small for its share gives at most half of its examples (val is
-  then a little smaller than val_examples). Returns (train, val); val is None
-  when val_examples == 0. Both keep the
+  A class too small for its share gives at most max_class_fraction of its
+  examples (val is then smaller than val_examples; config.data.
+  val_max_class_fraction, 0.5 for the very unequal WordNet classes). Returns
+  (train, val); val is None when val_examples == 0. Both keep the
   source's example ids. Unlabelled sources get a uniform random carve. The
   carve should not depend on the training seed: callers pass a fixed seed.
   """
@@ -168,8 +170,7 @@ def split_train_val(source: ArraySource, val_examples: int,
                      f'{n} examples of {source.name}.')
   by_class = _class_positions(source.labels)
   if by_class:
-    # A small class keeps at least half of its examples for training.
-    val_pos = _balanced_positions(by_class, val_examples, seed, max_class_fraction=0.5)
+    val_pos = _balanced_positions(by_class, val_examples, seed, max_class_fraction)
   else:
     val_pos = np.sort(np.random.default_rng([seed, 1 << 31]).permutation(n)[:val_examples])
   keep = np.ones(n, dtype=bool)

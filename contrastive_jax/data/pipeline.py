@@ -318,12 +318,18 @@ def load_split(data_cfg: Any, which: str) -> ArraySource:
   if which not in ('train', 'val'):
     raise ValueError(f"load_split: which={which!r}; choose 'train', 'val' or 'test'.")
   train = sources.load_source(data_cfg, data_cfg.train_split)
-  train, val = sources.split_train_val(train, data_cfg.val_examples, seed=VAL_SEED)
+  train, val = sources.split_train_val(train, data_cfg.val_examples, seed=VAL_SEED,
+                                      max_class_fraction=val_class_fraction(data_cfg))
   if which == 'val':
     if val is None:
       raise ValueError("load_split('val') needs config.data.val_examples > 0.")
     return val
   return train
+
+
+def val_class_fraction(data_cfg: Any) -> float:
+  """config.data.val_max_class_fraction (1.0 in configs written before it)."""
+  return float(data_cfg.get('val_max_class_fraction', 1.0))
 
 
 def streaming(data_cfg: Any) -> bool:
