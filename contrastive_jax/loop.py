@@ -315,7 +315,8 @@ def balanced_accuracy(prediction: Mapping[str, np.ndarray]) -> float:
 
 # Library log lines below WARNING that the console does not show (--library_logs
 # brings them back), and harmless warnings that read like errors.
-_LIBRARY_PATHS = ('/orbax/', '/etils/', '/tensorflow/', '/tensorflow_datasets/', '/jax/_src/')
+_LIBRARY_PATHS = ('/orbax/', '/etils/', '/tensorflow/', '/tensorflow_datasets/', '/jax/_src/',
+                  '/gensim/', '/smart_open/')
 _HARMLESS = ('Unable to initialize backend', 'directory is read only',
              'Given directory is read only')
 
