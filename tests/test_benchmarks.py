@@ -361,6 +361,7 @@ def test_host_input_quick(tmp_path):
   assert all(_finite(r['images_per_s']) for r in record['rows'])
 
 
+@pytest.mark.slow  # 40 s of compiling: CI stays near 20 minutes
 def test_text_step_quick(tmp_path):
   out = tmp_path / 'text.jsonl'
   stdout = _run('text_step.py', ['--quick', '--out', str(out)], {})

@@ -59,6 +59,7 @@ def test_text_pretraining_is_the_same_on_one_and_eight_devices(runs):
     assert a.read() == b.read()
 
 
+@pytest.mark.slow  # the image runs test two processes in CI (tests/test_pretrain.py)
 def test_two_processes_of_four_devices_equal_one_device(runs, tmp_path):
   import socket  # pylint: disable=g-import-not-at-top
   with socket.socket() as sock:
