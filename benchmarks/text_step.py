@@ -20,8 +20,9 @@ subset shipped in the package; --source picks):
               uni  the config's own: unidirectional, hidden 256;
             each on the same un-bucketed batches the naive step reads
             (data.length_buckets=0, length_quantum=0: every batch max_length
-            wide) and bucketed (length_buckets=16, length_quantum=8: batches of
-            similar lengths, their padding cut to a multiple of 8 tokens).
+            wide) and bucketed (--buckets 16, --quantum 4 by default, the
+            config's: batches of similar lengths, their padding cut to a
+            multiple of 4 tokens).
   matmul    a float32 1024^2 jnp.dot burst per round: the machine's measured
             matmul rate in the same minutes (a second MFU denominator).
 
@@ -87,7 +88,7 @@ from contrastive_jax.text import tokenizer as tokenizer_lib  # pylint: disable=g
 
 CONFIG = os.path.join(REPO, 'configs', 'text_wordnet.py')
 WORDNET_DIR = '/usr/share/wordnet'
-BUCKETS, QUANTUM = 16, 8
+BUCKETS, QUANTUM = 16, 4   # configs/text_wordnet.py's
 MAX_BATCHES = 8          # real batches cycled per arm and width
 MATMUL_SIZE = 1024
 
@@ -104,6 +105,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="seconds: configs/text_wordnet.py:tiny's sizes, embedded_text, "
                            '2 rounds')
   parser.add_argument('--out', default='', help='append the record as one JSON line')
+  parser.add_argument('--buckets', type=int, default=BUCKETS,
+                      help='the bucketed arms\' data.length_buckets')
+  parser.add_argument('--quantum', type=int, default=QUANTUM,
+                      help='the bucketed arms\' data.length_quantum (tokens)')
   args = parser.parse_args(argv)
   if args.quick:
     args.steps = min(args.steps, 2)
@@ -230,7 +235,7 @@ def main(argv=None) -> None:
   source = pipeline.load_split(config.data, 'train')
   length = source.input_shape[0]
   plain = epoch_batches(source, config, 0, 0)
-  bucketed = epoch_batches(source, config, BUCKETS, QUANTUM)
+  bucketed = epoch_batches(source, config, args.buckets, args.quantum)
   widths = collections.Counter(b[source.input_key].shape[1] for b in bucketed)
   share = {w: c / len(bucketed) for w, c in sorted(widths.items())}
   print(f'{config.data.source}: {source.num_examples} training sentences, vocabulary {vocab}, '

@@ -36,7 +36,7 @@ def get_config(arg: str | None = None):
   config.data.min_count = 2
   config.data.max_length = 32
   config.data.length_buckets = 16       # batches of similar lengths, padding cut to a
-  config.data.length_quantum = 8        # multiple of 8 (benchmarks/text_step.py)
+  config.data.length_quantum = 4        # multiple of 4 (benchmarks/text_step.py)
 
   config.model.name = 'rnn'
   config.model.rnn.cell = 'gru'
