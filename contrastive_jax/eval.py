@@ -418,7 +418,8 @@ def _evaluate_step(ctx: _Context, step: int, state: dict[str, Any]
                                   if k != 'step' and isinstance(v, (int, float))
                                   and not isinstance(v, bool)})
   if jax.process_index() == 0:
-    shown = [k for k in results if k.endswith(('_top1',)) and not k.startswith('linear_val')]
+    shown = [k for k in results if k.endswith(('_top1', '_balanced_acc'))
+             and not k.startswith('linear_val')]
     print(f'eval step {step}: ' + ', '.join(f'{k} {results[k]:.4f}' for k in shown),
           flush=True)
   return results

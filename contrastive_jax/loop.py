@@ -33,7 +33,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from contrastive_jax import checkpoint, errors, metrics_io, parallel
+from contrastive_jax import checkpoint, errors, metrics_io, parallel, probes
 from contrastive_jax.data import pipeline
 
 
@@ -304,13 +304,8 @@ def top1(prediction: Mapping[str, np.ndarray]) -> float:
 
 
 def balanced_accuracy(prediction: Mapping[str, np.ndarray]) -> float:
-  """Mean over the classes present of each class's top-1 (the score that
-  unequal classes, such as WordNet's lexicographer files, call for)."""
-  label, pred = np.asarray(prediction['label']), np.asarray(prediction['pred'])
-  classes = np.unique(label[label >= 0])
-  if not len(classes):
-    return 0.0
-  return float(np.mean([np.mean(pred[label == c] == c) for c in classes]))
+  """probes.balanced_accuracy of a predict_split output."""
+  return probes.balanced_accuracy(prediction['pred'], prediction['label'])
 
 
 # Library log lines below WARNING that the console does not show (--library_logs

@@ -80,6 +80,14 @@ def parse_feature_norms(spec: str | Sequence[str], key: str = 'config.linear.fea
 # ---------------------------------------------------------------------------
 # Accuracy.
 
+def balanced_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
+  """Mean over the classes present of each class's top-1: the score for very
+  unequal classes (WordNet's noun lexicographer files)."""
+  labels, pred = np.asarray(labels), np.asarray(pred)
+  classes = np.unique(labels[labels >= 0])
+  return float(np.mean([np.mean(pred[labels == c] == c) for c in classes])) if len(classes) else 0.0
+
+
 def topk_correct(scores: jax.Array, labels: jax.Array, k: int) -> jax.Array:
   """bool [..., N]: label among the k highest scores (ties: lower class index first,
   as `jax.lax.top_k`). scores [..., N, C]; k is clipped to C."""
@@ -375,8 +383,11 @@ def linear_protocol(train: tuple[Any, Any], val: tuple[Any, Any] | None,
   xf, (xt,) = normalize_features(x_final, [x_test], norm)
   lr = scaled(base_lr, len(xf))
   params = fit_linear(xf, y_final, learning_rates=[lr], weight_decays=[wd], **common)
-  acc = topk_accuracy(linear_logits(params, jnp.asarray(xt))[0], jnp.asarray(y_test), (1, 5))
-  out.update(linear_top1=float(acc[1]), linear_top5=float(acc[5]), linear_feature_norm=norm,
+  logits = linear_logits(params, jnp.asarray(xt))[0]
+  acc = topk_accuracy(logits, jnp.asarray(y_test), (1, 5))
+  out.update(linear_top1=float(acc[1]), linear_top5=float(acc[5]),
+             linear_balanced_acc=balanced_accuracy(np.asarray(jnp.argmax(logits, -1)), y_test),
+             linear_feature_norm=norm,
              linear_base_learning_rate=base_lr, linear_learning_rate=lr,
              linear_weight_decay=wd, linear_train_examples=int(len(xf)))
   return out

@@ -165,6 +165,7 @@ def test_linear_probe_separable_features_reach_100_percent():
                                lr_scaling='linear', epochs=10, batch_size=32,
                                optimizer='sgd', momentum=0.9)
   assert out['linear_top1'] == 1.0
+  assert out['linear_balanced_acc'] == 1.0
   assert out['linear_val_top1'] == 1.0
   assert out['linear_top5'] == 1.0
   assert out['linear_train_examples'] == 360  # retrained on train + val
@@ -317,3 +318,10 @@ def test_feature_norm_is_a_grid_axis_chosen_on_val():
   assert [g['val_top1'] for g in alone['linear_grid']] == [g['val_top1'] for g in grid[2:]]
   with pytest.raises(ValueError, match='comma-separated'):
     probes.linear_protocol((xtr, ytr), (xva, yva), (xte, yte), feature_norm='none,bn', **kw)
+
+
+def test_balanced_accuracy_is_the_mean_of_per_class_recalls():
+  labels = np.array([0, 0, 0, 0, 1, 2, 2, -1])
+  pred = np.array([0, 0, 0, 1, 1, 0, 2, 5])       # recalls 3/4, 1, 1/2; -1 ignored
+  assert probes.balanced_accuracy(pred, labels) == pytest.approx((0.75 + 1.0 + 0.5) / 3)
+  assert probes.balanced_accuracy(pred, np.full(8, -1)) == 0.0
