@@ -46,7 +46,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
 import provenance  # pylint: disable=g-import-not-at-top,wrong-import-position
-from quality import _run  # pylint: disable=g-import-not-at-top,wrong-import-position
+from quality import _load_config, _run  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 PRETRAIN = os.path.join(REPO, 'configs', 'text_wordnet.py')
 FINETUNE = os.path.join(REPO, 'configs', 'text_finetune.py')
@@ -309,15 +309,6 @@ def main() -> None:
     rows['w2v_avg'] = vectors_arm(data, subsets, *load_word_vectors(args.w2v_workdir))
   report['wall_seconds'] = time.time() - t0
   _write(args.out, report)
-
-
-def _load_config(path_and_arg: str):
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  path, _, arg = path_and_arg.partition(':')
-  spec = importlib.util.spec_from_file_location('text_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg or None)
 
 
 def _write(out: str, report: dict) -> None:
