@@ -49,7 +49,7 @@ def word2vec_defaults() -> ml_collections.ConfigDict:
   config.min_alpha = 0.0001
   # Large batches: a row hit n > row_update_cap times in one step takes
   # row_update_cap / n of each update (0 = the plain sum; see sgns.row_scale).
-  config.row_update_cap = 32.0
+  config.row_update_cap = 128.0
 
   config.corpus = ml_collections.ConfigDict(dict(
       source='wordnet',            # 'wordnet' | 'text' | 'tfds' (see word2vec/corpus.py)
