@@ -1,7 +1,7 @@
 """The naive text step: the baseline that text_step.py times the project's text step against.
 
-A SimCSE-style GRU step written the obvious way with stock Flax and optax, and
-nothing from contrastive_jax:
+A SimCSE-style GRU step written the obvious way with stock Flax and optax, none
+of contrastive_jax's step code:
 
   - views: two independent word-deletion draws per sentence (each valid token
     dropped with probability `deletion`, at least one kept, the kept tokens
@@ -11,7 +11,8 @@ nothing from contrastive_jax:
     nn.RNN(nn.GRUCell)) with seq_lengths (or one nn.RNN when unidirectional)
     -> the mean of the outputs over each row's valid steps;
   - projection head: Dense(width of h) -> ReLU -> Dense(proj_dim);
-  - NT-Xent over the two views on the full [2N, 2N] logits;
+  - NT-Xent over the two views on the full [2N, 2N] logits (naive_step's, the
+    image baseline's loss);
   - optax.adam; one jax.jit of the whole step on one device, fixed [N, L]
     int32 batches (0 = padding at the end of a row), no bucketing.
 """
@@ -24,6 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+
+from naive_step import naive_nt_xent  # the sibling benchmark module (text_step.py's path)
 
 
 class NaiveGRUSimCSE(nn.Module):
@@ -61,16 +64,6 @@ def delete_words(key, ids, p: float):
   return jnp.take_along_axis(jnp.where(keep, ids, 0), order, axis=-1)
 
 
-def nt_xent(z1, z2, temperature: float):
-  """NT-Xent of the pairs (z1[i], z2[i]) over the full [2N, 2N] logits."""
-  z = jnp.concatenate([z1, z2], 0)
-  z = z / jnp.linalg.norm(z, axis=-1, keepdims=True)
-  n = z1.shape[0]
-  logits = z @ z.T / temperature - 1e9 * jnp.eye(2 * n)
-  positives = jnp.concatenate([jnp.arange(n) + n, jnp.arange(n)])
-  return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[jnp.arange(2 * n), positives])
-
-
 def make_naive_text_step(vocab_size: int, max_length: int, *, embed_dim: int = 128,
                          hidden_dim: int = 256, bidirectional: bool = True,
                          proj_dim: int = 128, dropout: float = 0.1, deletion: float = 0.1,
@@ -93,7 +86,7 @@ def make_naive_text_step(vocab_size: int, max_length: int, *, embed_dim: int = 1
     def loss_fn(params):
       z = model.apply({'params': params}, x, train=True, rngs={'dropout': k_drop})
       z1, z2 = jnp.split(z, 2)
-      return nt_xent(z1, z2, temperature)
+      return naive_nt_xent(z1, z2, temperature)
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)

@@ -21,8 +21,9 @@ EMBEDDED_PATH = os.path.join(os.path.dirname(__file__), 'embedded',
                              'fashion_mnist_subset.npz')
 
 
-@functools.lru_cache(maxsize=1)
-def _embedded_arrays(path: str) -> dict[str, np.ndarray]:
+@functools.lru_cache(maxsize=2)   # the image and the text subset
+def embedded_arrays(path: str) -> dict[str, np.ndarray]:
+  """The arrays of a shipped .npz, read once and kept read-only."""
   with np.load(path) as npz:
     arrays = {key: npz[key] for key in npz.files}
   for array in arrays.values():
@@ -40,7 +41,7 @@ def load_embedded(split: str) -> ArraySource:
         f'{EMBEDDED_PATH} is missing (config.data.source=embedded). Recreate it with '
         '`python launch/make_embedded_dataset.py` (needs `apt-get install '
         'dataset-fashion-mnist`), or reinstall the package.')
-  arrays = _embedded_arrays(EMBEDDED_PATH)
+  arrays = embedded_arrays(EMBEDDED_PATH)
   return ArraySource(images=arrays[f'{split}_images'], labels=arrays[f'{split}_labels'],
                      num_classes=10, name=f'fashion_mnist_subset:{split}')
 

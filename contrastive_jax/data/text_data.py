@@ -120,8 +120,9 @@ def tokenize(split: TextSplit, data_cfg: Any) -> ArraySource:
   """The split as int32 ids [N, max_length] (see the module docstring)."""
   tok = load_tokenizer(data_cfg)
   max_length = int(data_cfg.max_length)
-  ids = tok.encode(list(split.texts), max_length=max_length)
+  # One token more than kept: a nonzero last column marks a text that is cut.
   full = tok.encode(list(split.texts), max_length=max_length + 1)
+  ids = full[:, :max_length]
   cut = int((full[:, -1] != 0).sum())
   if cut:
     logging.info('%s: %d of %d texts are longer than config.data.max_length=%d tokens and '

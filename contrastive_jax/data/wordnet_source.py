@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from contrastive_jax.data import text_data, wordnet
+from contrastive_jax.data import embedded, text_data, wordnet
 
 TEST_FRACTION = 0.1
 SPLIT_SEED = 0          # the test split never moves with the training seed
@@ -53,12 +53,6 @@ def read_wordnet_glosses(data_cfg: Any, split: str) -> text_data.TextSplit:
   return _wordnet_splits(wordnet.find_dir(data_cfg.get('wordnet_dir', '')))[split]
 
 
-@functools.lru_cache(maxsize=1)
-def _embedded(path: str) -> dict[str, np.ndarray]:
-  with np.load(path) as npz:
-    return {key: npz[key] for key in npz.files}
-
-
 def read_embedded_text(data_cfg: Any, split: str) -> text_data.TextSplit:
   del data_cfg  # the file is fixed
   _check_split(split, 'embedded_text')
@@ -67,7 +61,7 @@ def read_embedded_text(data_cfg: Any, split: str) -> text_data.TextSplit:
         f'{EMBEDDED_TEXT_PATH} is missing (config.data.source=embedded_text). Recreate it '
         'with `python launch/make_embedded_text.py` (needs `apt-get install wordnet-base`), '
         'or reinstall the package.')
-  arrays = _embedded(EMBEDDED_TEXT_PATH)
+  arrays = embedded.embedded_arrays(EMBEDDED_TEXT_PATH)
   return text_data.TextSplit(
       texts=tuple(str(t) for t in arrays[f'{split}_texts']),
       labels=arrays[f'{split}_labels'].astype(np.int32),
