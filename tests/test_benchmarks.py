@@ -373,7 +373,8 @@ def test_text_step_quick(tmp_path):
       assert math.isfinite(float(cell)) and float(cell) > 0, r
     assert r[5].endswith('x') and r[8].endswith('%') and r[9].endswith('%'), r
   assert rows['naive'][2] == '16 (100%)'  # the tiny config's max_length, un-bucketed
-  assert rows['ours bi bucketed'][2].startswith('8 (')  # a shorter bucketed width
+  # The shortest bucketed width: one length quantum (the configs' 4 tokens).
+  assert rows['ours bi bucketed'][2].startswith('4 (')
   for what in ('same architecture (bi-GRU)', "the config's architecture (uni-GRU)"):
     for kind in ('bucketed', 'plain'):
       assert re.search(rf'ratio ours/naive \(sentences/s\), {re.escape(what)}, {kind}: '
