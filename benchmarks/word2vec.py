@@ -2,6 +2,7 @@ r"""word2vec in JAX against gensim on the same corpus and hyperparameters.
 
   python benchmarks/word2vec.py                        # every WordNet gloss, 5 epochs, skip-gram
   python benchmarks/word2vec.py --epochs 1 --quick     # a short check (a tenth of the glosses)
+  python benchmarks/word2vec.py --kernels auto,xla       # the fused CPU kernel beside the XLA update
 
 1. The corpus: every WordNet 3.0 gloss (contrastive_jax.data.wordnet.all_glosses,
    about 1.46M words), tokenised by contrastive_jax.word2vec.vocab.tokenize; gensim
@@ -12,7 +13,9 @@ r"""word2vec in JAX against gensim on the same corpus and hyperparameters.
    word; effective: after the vocabulary and subsampling) over train()'s time.
 3. `contrastive_jax.word2vec.train.train_and_evaluate` in a fresh workdir with
    the same settings (the binary's code path, compile time included in its
-   timing); its words/s are the run's raw and effective words over the loop's time.
+   timing), once per --kernels value (config.update_kernel: 'auto' takes the
+   fused CPU kernel on one CPU device, 'xla' the XLA update); its words/s are
+   the run's raw and effective words over the loop's time.
 4. Both sets of vectors through the same evaluation (contrastive_jax.word2vec.evaluate):
    WordSim-353 and SimLex-999 Spearman, 3CosAdd analogy accuracy over the
    --restrict-vocab most frequent words, OOV rates; and downstream, averaged
@@ -62,13 +65,13 @@ def run_gensim(sentences, args) -> dict:
               evaluate.benchmark_path('ws353'))[1].statistic)}
 
 
-def run_jax(corpus_path: str, args) -> dict:
+def run_jax(corpus_path: str, args, kernel: str) -> dict:
   config = w2v_config.get_config('' if args.sg else 'cbow')
   config.corpus.source, config.corpus.path = 'text', corpus_path
   for key in ('vector_size', 'window', 'negative', 'min_count', 'sample', 'seed', 'sg'):
     config[key] = getattr(args, key)
   config.num_epochs, config.batch_size = args.epochs, args.batch
-  config.row_update_cap = args.row_update_cap
+  config.row_update_cap, config.update_kernel = args.row_update_cap, kernel
   config.log_every_steps, config.checkpoint_every_steps = 20, 10**9
   config.eval.intrinsic = False
   workdir = tempfile.mkdtemp(prefix='w2v_bench_')
@@ -109,6 +112,9 @@ def main() -> None:
   parser.add_argument('--restrict-vocab', dest='restrict_vocab', type=int, default=30000)
   parser.add_argument('--quick', action='store_true', help='a tenth of the glosses')
   parser.add_argument('--skip-gensim', action='store_true')
+  parser.add_argument('--kernels', default='auto',
+                      help="config.update_kernel values to run ours with, comma-separated "
+                           "(e.g. 'auto,xla': the fused CPU kernel and XLA side by side)")
   parser.add_argument('--out', default='/tmp/cj_word2vec_bench')
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
@@ -131,9 +137,11 @@ def main() -> None:
   systems = {}
   if not args.skip_gensim:
     systems['gensim'] = run_gensim(sentences, args)
-  systems['jax'] = run_jax(corpus_path, args)
+  kernels = args.kernels.split(',')
+  for kernel in kernels:
+    systems['jax' if len(kernels) == 1 else f'jax_{kernel}'] = run_jax(corpus_path, args, kernel)
   rng = np.random.default_rng(0)
-  jax_words = systems['jax']['words']
+  jax_words = systems['jax' if len(kernels) == 1 else f'jax_{kernels[0]}']['words']
   random_table = (rng.random((len(jax_words), args.vector_size), np.float32) - 0.5)
   for name, s in systems.items():
     s.update(quality(s['words'], s['vectors'], args, nouns))

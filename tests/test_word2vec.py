@@ -4,6 +4,8 @@ vectors in gensim, the evaluation against gensim's, and planted structure learnt
 
 import os
 import string
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -114,7 +116,8 @@ def _update_f64(w_in, w_out, inp, out, neg, lr):
   return new_in, new_out
 
 
-def test_update_sums_repeated_rows_like_float64_numpy():
+@pytest.mark.parametrize('kernel', ['xla', 'cpu'])
+def test_update_sums_repeated_rows_like_float64_numpy(kernel):
   mesh = parallel.make_mesh(jax.devices()[:1])
   num_words, dim, noise_word = 6, 4, 5
   noise = np.eye(num_words)[noise_word]         # every negative is word 5
@@ -127,7 +130,7 @@ def test_update_sums_repeated_rows_like_float64_numpy():
   out = np.array([1, 2, 1, 5, 3, 3, 0, 2], np.int32)   # row 1 and 3 repeated; 5 = the noise word
   mask = np.array([1, 1, 1, 1, 1, 1, 1, 0], np.float32)  # the last row is padding
   update = sgns.make_update(sg=True, negative=1, noise=noise, alpha=0.5, min_alpha=0.5,
-                            total_steps=10, seed=0, mesh=mesh)
+                            total_steps=10, seed=0, mesh=mesh, kernel=kernel)
   batch = parallel.global_batch({'inp': inp, 'out': out, 'mask': mask,
                                  'words': np.zeros(8, np.float32)}, mesh)
   state, metrics = update(state, batch)
@@ -173,11 +176,12 @@ def test_skipgram_pairs_stay_in_sentences_and_windows():
 
 # --- devices, the binary, resume, gensim ----------------------------------------------
 
-def _train_steps(devices, batches, noise):
+def _train_steps(devices, batches, noise, sg=True, cap=4.0, alpha=0.025, **kernel):
   mesh = parallel.make_mesh(devices)
   state = sgns.init_tables(len(noise), 8, seed=0, mesh=mesh)
-  update = sgns.make_update(sg=True, negative=3, noise=noise, alpha=0.025, min_alpha=1e-4,
-                            total_steps=len(batches), seed=0, mesh=mesh, row_update_cap=4.0)
+  update = sgns.make_update(sg=sg, negative=3, noise=noise, alpha=alpha, min_alpha=1e-4,
+                            total_steps=len(batches), seed=0, mesh=mesh, row_update_cap=cap,
+                            **kernel)
   for b in batches:
     state, _ = update(state, parallel.global_batch(b, mesh))
   return np.asarray(state['w_in']), np.asarray(state['w_out'])
@@ -197,6 +201,69 @@ def test_one_and_eight_devices_give_the_same_vectors():
   for a, b in zip(one, eight):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   assert np.abs(one[1]).max() > 0
+
+
+@pytest.mark.parametrize('sg,cap,alpha', [(True, 4.0, 0.1), (True, 0.0, 0.01), (False, 4.0, 0.1)])
+def test_fused_cpu_kernel_computes_the_xla_update(sg, cap, alpha):
+  """kernels/sgns_update.cc against the XLA update over several steps (alpha
+  as large as keeps 40 words' rows, each hit hundreds of times a step, from
+  diverging), and the same bits for 1 and 3 threads (each row's updates are
+  applied in example order)."""
+  rng = np.random.default_rng(1)
+  ids = rng.integers(0, 40, 4000).astype(np.int32)
+  ids[rng.random(4000) < 0.05] = -1                        # sentence breaks
+  counts = np.bincount(ids[ids >= 0], minlength=40)
+  stream = pairs.PairStream(ids, vocab_lib.keep_probabilities(counts, 1e-2), sg=sg, window=3,
+                            tokens_per_step=800, seed=0)
+  batches = [stream.batch(s) for s in range(5)]
+  noise = vocab_lib.noise_distribution(counts, 0.75)
+  device = jax.devices()[:1]
+  run = lambda **kw: _train_steps(device, batches, noise, sg=sg, cap=cap, alpha=alpha, **kw)
+  xla, one, three = run(kernel='xla'), run(kernel='cpu', threads=1), run(kernel='cpu', threads=3)
+  init = _train_steps(device, [], noise)
+  for a, b, c, start in zip(xla, one, three, init):
+    assert 1e-3 < np.abs(a - start).max() < 1.0        # moved, and not diverged
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(b, c)
+
+
+def test_fused_kernel_draws_the_noise_words_of_searchsorted():
+  """The kernel's bucketed inverse-CDF draw equals jnp.searchsorted(cum, u,
+  'right') (clipped to V - 1) on draws placed at the hard spots: on cum's
+  values and one float away, on bucket edges j / M and one float away, 0, and
+  just below 1. Read back through the update: with w_out = 0, u = 1 (D = 1)
+  and no cap, a noise word's row moves by -lr / 2 per draw."""
+  from contrastive_jax.kernels import sgns_update as sgns_kernel
+  rng = np.random.default_rng(0)
+  probs = np.concatenate([rng.random(37) ** 4, [0.0, 0.5, 0.0]])  # skewed; zeros; the last
+  probs[-1] = 0.0                                                 # word (the output) never drawn
+  cum = np.cumsum(probs / probs.sum()).astype(np.float32)
+  index = sgns_kernel.noise_index(cum)
+  m = len(index) - 1
+  spots = np.concatenate([cum, np.arange(m + 1) / m, [0.0, 1.0]]).astype(np.float32)
+  u = np.concatenate([spots, np.nextafter(spots, 0), np.nextafter(spots, 1),
+                      rng.random(500)]).astype(np.float32)
+  u = u[(u >= 0) & (u < 1)]
+  u = np.concatenate([u, np.zeros((-len(u)) % 5, np.float32)]).reshape(-1, 5)
+  p_, v = len(u), len(cum)
+  want = np.minimum(np.searchsorted(cum, u.ravel(), side='right'), v - 1)
+  lr = 0.125
+  _, w_out, _ = jax.jit(lambda *a: sgns_kernel.sgns_update(*a, cap=0.0, threads=2))(
+      np.ones((v, 1), np.float32), np.zeros((v, 1), np.float32), np.zeros((p_, 1), np.int32),
+      np.ones((p_, 1), np.float32), np.full(p_, v - 1, np.int32), np.ones(p_, np.float32), u,
+      cum, index, np.float32(lr))
+  got = -np.asarray(w_out)[:-1, 0] / (lr / 2)
+  np.testing.assert_allclose(got, np.bincount(want, minlength=v)[:-1], atol=1e-3)
+
+
+def test_update_kernel_choice():
+  assert not sgns.use_cpu_kernel('xla')
+  assert not sgns.use_cpu_kernel('auto')        # 8 CPU devices here: a custom call is not split
+  assert sgns.use_cpu_kernel('cpu')
+  with pytest.raises(ValueError, match='skip a step'):
+    sgns.use_cpu_kernel('cpu', skip_nonfinite=True)
+  with pytest.raises(ValueError, match="update_kernel='gpu'"):
+    sgns.use_cpu_kernel('gpu')
 
 
 @pytest.fixture(scope='module')
@@ -231,6 +298,31 @@ def test_resume_is_exact(planted, tmp_path):
   _, resumed = load_word_vectors(chunked)
   _, straight = load_word_vectors(workdir)
   np.testing.assert_array_equal(resumed, straight)
+
+
+def test_binary_on_one_cpu_device_runs_the_fused_kernel_and_resumes(planted, tmp_path):
+  """The binary as a real process on one CPU device takes the fused kernel
+  ('auto'), stops at step 20, resumes, and ends with the vectors of the
+  in-process run on 8 devices (the XLA update), up to float rounding."""
+  workdir, _, corpus_path, _ = planted
+  run = str(tmp_path / 'fused')
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
+             JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  logs = ''
+  for extra in (['--config.stop_at_step=20'], []):
+    proc = subprocess.run(
+        [sys.executable, '-m', 'contrastive_jax.word2vec',
+         f'--config={os.path.join(repo, "configs", "word2vec.py")}:tiny', f'--workdir={run}',
+         f'--config.corpus.path={corpus_path}', *extra],
+        env=env, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    logs += proc.stdout + proc.stderr
+  assert 'fused CPU kernel update' in logs and 'Resum' in logs, logs[-3000:]
+  words, fused = load_word_vectors(run)
+  xla_words, xla = load_word_vectors(workdir)
+  assert words == xla_words
+  np.testing.assert_allclose(fused, xla, rtol=1e-3, atol=1e-4)
 
 
 def test_saved_vectors_load_in_gensim(planted):

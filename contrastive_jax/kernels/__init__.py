@@ -4,6 +4,9 @@
   avoids XLA:CPU's slow convolution lowering.
 - onednn_conv (+ onednn_conv.cc, compiled on first use): a flax Conv whose
   three passes run in oneDNN through JAX's FFI.
+- sgns_update (+ sgns_update.cc): word2vec's whole negative-sampling step as
+  one fused FFI call on the donated tables (word2vec/sgns.py picks it).
+- ffi_build: compiling those .cc files once into a per-user cache.
 - batchnorm: flax's BatchNorm with a hand-written, sum-based training gradient.
 - xla_cpu: the XLA:CPU flag the binaries set before JAX starts.
 - backend: `conv_cls(config.kernels)`, the one place where the convolution a

@@ -28,14 +28,9 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import importlib.metadata
-import os
 import pathlib
-import shutil
-import subprocess
 import sys
-import tempfile
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -44,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from contrastive_jax.kernels import cpu_conv
+from contrastive_jax.kernels import cpu_conv, ffi_build
 
 _SOURCE = pathlib.Path(__file__).with_name('onednn_conv.cc')
 _TARGETS = ('OnednnConvFwd', 'OnednnConvBwdData', 'OnednnConvBwdWeights')
@@ -67,44 +62,14 @@ def _wheel_file(dist: str, suffix: str) -> pathlib.Path:
   raise RuntimeError(f'the {dist} wheel has no {suffix}')
 
 
-def cache_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get('CONTRASTIVE_JAX_CACHE')
-                      or pathlib.Path.home() / '.cache' / 'contrastive_jax')
-
-
 def build(out_dir: pathlib.Path | None = None) -> pathlib.Path:
   """Compiles onednn_conv.cc into a shared library (once per source, jaxlib
-  and oneDNN; later calls return the cached file). Raises RuntimeError saying
-  what is missing."""
-  if not hasattr(jax, 'ffi') or not hasattr(jax.ffi, 'include_dir'):
-    raise RuntimeError(f'jax {jax.__version__} has no jax.ffi (needs jax >= 0.4.38)')
+  and oneDNN; later calls return the cached file, see ffi_build). Raises
+  RuntimeError saying what is missing."""
   lib = _wheel_file(_WHEELS[0], 'lib/libdnnl.so.3')
   include = _wheel_file(_WHEELS[1], 'include/oneapi/dnnl/dnnl.hpp').parents[2]
-  compiler = os.environ.get('CXX') or shutil.which('g++') or shutil.which('c++')
-  if not compiler:
-    raise RuntimeError('no C++ compiler found (g++ or $CXX)')
-  source = _SOURCE.read_bytes()
-  key = hashlib.sha256(source + jax.ffi.include_dir().encode() + str(lib).encode()
-                       + jax.__version__.encode()).hexdigest()[:16]
-  out_dir = out_dir or cache_dir()
-  target = out_dir / f'onednn_conv-{key}.so'
-  if target.exists():
-    return target
-  out_dir.mkdir(parents=True, exist_ok=True)
-  # Built under a temporary name, then renamed: processes that build at the
-  # same time (hosts sharing a home directory) never load a partial file.
-  fd, tmp = tempfile.mkstemp(suffix='.so', dir=out_dir)
-  os.close(fd)
-  cmd = [compiler, '-O2', '-std=c++17', '-shared', '-fPIC', '-w',
-         f'-I{jax.ffi.include_dir()}', f'-I{include}', str(_SOURCE),
-         str(lib), f'-Wl,-rpath,{lib.parent}', '-o', tmp]
-  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-  if proc.returncode:
-    os.unlink(tmp)
-    raise RuntimeError(f'compiling {_SOURCE.name} failed ({" ".join(cmd)}):\n'
-                       f'{proc.stderr[-2000:]}')
-  os.replace(tmp, target)
-  return target
+  return ffi_build.compile_library(
+      _SOURCE, [f'-I{include}', str(lib), f'-Wl,-rpath,{lib.parent}'], out_dir)
 
 
 @functools.lru_cache(maxsize=None)

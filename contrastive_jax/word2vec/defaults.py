@@ -12,12 +12,13 @@ from __future__ import annotations
 import ml_collections
 
 from contrastive_jax import config_defaults
-from contrastive_jax.word2vec import corpus
+from contrastive_jax.word2vec import corpus, sgns
 
 CHOICES = {
     'multihost': ('auto', 'yes', 'no'),
     'nan_policy': ('stop', 'skip_step'),
     'sg': (0, 1),
+    'update_kernel': sgns.KERNELS,
     'corpus.source': corpus.SOURCES,
 }
 
@@ -50,6 +51,12 @@ def word2vec_defaults() -> ml_collections.ConfigDict:
   # Large batches: a row hit n > row_update_cap times in one step takes
   # row_update_cap / n of each update (0 = the plain sum; see sgns.row_scale).
   config.row_update_cap = 128.0
+  # How a step runs, never what it computes: 'auto' = on the CPU with one
+  # device the fused FFI kernel (kernels/sgns_update.py), else XLA ops; 'xla'
+  # / 'cpu' force one. kernel_threads: the kernel's threads (0 = every core
+  # this process may use).
+  config.update_kernel = 'auto'
+  config.kernel_threads = 0
 
   config.corpus = ml_collections.ConfigDict(dict(
       source='wordnet',            # 'wordnet' | 'text' | 'tfds' (see word2vec/corpus.py)
@@ -83,6 +90,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       ('min_alpha', 0 <= config.min_alpha <= config.alpha, 'in [0, config.alpha]'),
       ('corpus.max_sentence_length', config.corpus.max_sentence_length >= 1, '>= 1'),
       ('eval.restrict_vocab', config.eval.restrict_vocab >= 1, '>= 1'),
+      ('kernel_threads', config.kernel_threads >= 0, '>= 0 (0 = every core)'),
   )
   for key, ok, what in checks:
     if not ok:

@@ -18,7 +18,9 @@ As there, a noise word equal to the example's output word is skipped, and
 CBOW adds the error of the mean to every context word undivided (cbow_mean=1).
 The tables are replicated over the devices and the examples split over them;
 the negatives come from the step's key (threefry, partitionable), so 1 and
-8 devices draw the same ones.
+8 devices draw the same ones. On the CPU with one device the step after the
+negatives runs as one fused FFI call (kernels/sgns_update.py), which
+computes the same function faster than XLA:CPU's row gathers and scatters.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from contrastive_jax import parallel
+from contrastive_jax.kernels import sgns_update as sgns_kernel
 
 
 def sgns_loss(u: jax.Array, v: jax.Array, weight: jax.Array) -> jax.Array:
@@ -50,7 +53,12 @@ def learning_rate(step: jax.Array, total_steps: int, alpha: float, min_alpha: fl
 def sample_negatives(key: jax.Array, cum: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   """Word ids with P(i) = cum[i] - cum[i - 1] (cum: the noise distribution's
   cumulative sum, float32 [V], last entry 1)."""
-  u = jax.random.uniform(key, shape, jnp.float32)
+  return negatives_from_uniform(cum, jax.random.uniform(key, shape, jnp.float32))
+
+
+def negatives_from_uniform(cum: jax.Array, u: jax.Array) -> jax.Array:
+  """The inverse CDF: the first index with cum[index] > u (the fused kernel
+  draws the same way from the same u)."""
   return jnp.minimum(jnp.searchsorted(cum, u, side='right'), cum.shape[0] - 1).astype(jnp.int32)
 
 
@@ -73,43 +81,70 @@ def row_scale(indices: jax.Array, weight: jax.Array, num_rows: int, cap: float) 
   return jnp.minimum(1.0, cap / jnp.maximum(counts[indices], 1.0))
 
 
+KERNELS = ('auto', 'xla', 'cpu')
+
+
+def use_cpu_kernel(kernel: str, skip_nonfinite: bool = False) -> bool:
+  """Whether make_update(kernel=...) runs the fused CPU kernel
+  (kernels/sgns_update.py): 'cpu' always (an error saying why when it cannot
+  be built), 'auto' on the CPU backend with one device when it builds and no
+  step may need undoing (nan_policy='skip_step' keeps the XLA update, which
+  can drop a step's result; the kernel writes the tables in place), 'xla'
+  never."""
+  if kernel not in KERNELS:
+    raise ValueError(f'config.update_kernel={kernel!r}; choose one of {KERNELS}.')
+  if kernel == 'xla':
+    return False
+  if kernel == 'cpu':
+    if not sgns_kernel.available():
+      raise RuntimeError("config.update_kernel='cpu' but the fused kernel cannot be built: "
+                         f"{sgns_kernel.unavailable_reason()}. Use 'auto' or 'xla'.")
+    if skip_nonfinite:
+      raise ValueError("config.update_kernel='cpu' updates the tables in place and cannot "
+                       "skip a step: use nan_policy='stop' or update_kernel='xla'.")
+    return True
+  return (jax.default_backend() == 'cpu' and jax.device_count() == 1 and not skip_nonfinite
+          and sgns_kernel.available())
+
+
 def make_update(*, sg: bool, negative: int, noise: np.ndarray, alpha: float, min_alpha: float,
                 total_steps: int, seed: int, mesh: Mesh, skip_nonfinite: bool = False,
-                row_update_cap: float = 0.0) -> Callable[[Any, dict], tuple[Any, dict]]:
+                row_update_cap: float = 0.0, kernel: str = 'auto',
+                threads: int = 0) -> Callable[[Any, dict], tuple[Any, dict]]:
   """The jitted `state, metrics = update(state, batch)` (state: init_tables' dict,
   donated; batch: a PairStream batch split over the mesh's 'data' axis).
   row_update_cap: see row_scale (the tables' rows of frequent words are hit
   hundreds of times in one step, where Hogwild SGD would see each update
-  before the next)."""
-  cum = parallel.replicate(np.cumsum(noise).astype(np.float32), mesh)
+  before the next). kernel: see use_cpu_kernel; threads: the fused kernel's
+  (0: the cores this process may use)."""
+  cum_np = np.cumsum(noise).astype(np.float32)
+  fused = use_cpu_kernel(kernel, skip_nonfinite)
+  cum = parallel.replicate(cum_np, mesh)
+  cum_index = parallel.replicate(sgns_kernel.noise_index(cum_np) if fused else np.zeros(1, np.int32),
+                                 mesh)
   base_key = jax.random.fold_in(jax.random.PRNGKey(seed), 2)
 
-  def update(state, batch, cum):
+  def update(state, batch, cum, cum_index):
     w_in, w_out, t = state['w_in'], state['w_out'], state['step']
     lr = learning_rate(t, total_steps, alpha, min_alpha)
     out, mask = batch['out'], batch['mask']
-    neg = sample_negatives(jax.random.fold_in(base_key, t), cum, (out.shape[0], negative))
-    targets = jnp.concatenate([out[:, None], neg], axis=1)
-    weight = mask[:, None] * jnp.concatenate(
-        [jnp.ones_like(mask)[:, None], (neg != out[:, None]).astype(mask.dtype)], axis=1)
-    v = w_out.at[targets].get(mode='promise_in_bounds')
-    num_rows = w_in.shape[0]
+    uniform = jax.random.uniform(jax.random.fold_in(base_key, t), (out.shape[0], negative),
+                                 jnp.float32)
     if sg:
-      inp = batch['inp']
-      u = w_in.at[inp].get(mode='promise_in_bounds')
-      loss, (g_u, g_v) = jax.value_and_grad(sgns_loss, argnums=(0, 1))(u, v, weight)
-      scale_in = row_scale(inp, mask, num_rows, row_update_cap)
-      new_in = w_in.at[inp].add((-lr * scale_in)[:, None] * g_u, mode='promise_in_bounds')
+      ctx, ctx_mask = batch['inp'][:, None], mask[:, None]
     else:
       ctx, ctx_mask = batch['ctx'], batch['ctx_mask']
-      count = jnp.maximum(ctx_mask.sum(1, keepdims=True), 1.0)
-      u = jnp.einsum('pc,pcd->pd', ctx_mask, w_in.at[ctx].get(mode='promise_in_bounds')) / count
-      loss, (g_u, g_v) = jax.value_and_grad(sgns_loss, argnums=(0, 1))(u, v, weight)
-      scale_in = row_scale(ctx, ctx_mask, num_rows, row_update_cap) * ctx_mask
-      new_in = w_in.at[ctx].add((-lr * scale_in)[..., None] * g_u[:, None, :],
-                                mode='promise_in_bounds')
-    scale_out = row_scale(targets, weight, num_rows, row_update_cap)
-    new_out = w_out.at[targets].add((-lr * scale_out)[..., None] * g_v, mode='promise_in_bounds')
+    if fused:
+      new_in, new_out, loss = sgns_kernel.sgns_update(
+          w_in, w_out, ctx, ctx_mask, out, mask, uniform, cum, cum_index, lr, cap=row_update_cap,
+          threads=threads)
+    else:
+      neg = negatives_from_uniform(cum, uniform)
+      targets = jnp.concatenate([out[:, None], neg], axis=1)
+      weight = mask[:, None] * jnp.concatenate(
+          [jnp.ones_like(mask)[:, None], (neg != out[:, None]).astype(mask.dtype)], axis=1)
+      new_in, new_out, loss = _xla_update(w_in, w_out, ctx, ctx_mask, targets, weight, lr,
+                                          sg=sg, cap=row_update_cap)
     examples = jnp.maximum(mask.sum(), 1.0)
     nonfinite = ~jnp.isfinite(loss)
     if skip_nonfinite:
@@ -122,4 +157,27 @@ def make_update(*, sg: bool, negative: int, noise: np.ndarray, alpha: float, min
   rep = parallel.replicated(mesh)
   jitted = jax.jit(update, donate_argnums=0,
                    out_shardings=({'w_in': rep, 'w_out': rep, 'step': rep}, rep))
-  return lambda state, batch: jitted(state, batch, cum)
+  return lambda state, batch: jitted(state, batch, cum, cum_index)
+
+
+def _xla_update(w_in, w_out, ctx, ctx_mask, targets, weight, lr, *, sg: bool, cap: float):
+  """The step in XLA ops (any backend, any number of devices): gradients with
+  respect to the gathered rows, scatter-added. Returns (w_in, w_out, loss)."""
+  num_rows = w_in.shape[0]
+  v = w_out.at[targets].get(mode='promise_in_bounds')
+  if sg:
+    inp, mask = ctx[:, 0], ctx_mask[:, 0]
+    u = w_in.at[inp].get(mode='promise_in_bounds')
+    loss, (g_u, g_v) = jax.value_and_grad(sgns_loss, argnums=(0, 1))(u, v, weight)
+    scale_in = row_scale(inp, mask, num_rows, cap)
+    new_in = w_in.at[inp].add((-lr * scale_in)[:, None] * g_u, mode='promise_in_bounds')
+  else:
+    count = jnp.maximum(ctx_mask.sum(1, keepdims=True), 1.0)
+    u = jnp.einsum('pc,pcd->pd', ctx_mask, w_in.at[ctx].get(mode='promise_in_bounds')) / count
+    loss, (g_u, g_v) = jax.value_and_grad(sgns_loss, argnums=(0, 1))(u, v, weight)
+    scale_in = row_scale(ctx, ctx_mask, num_rows, cap) * ctx_mask
+    new_in = w_in.at[ctx].add((-lr * scale_in)[..., None] * g_u[:, None, :],
+                              mode='promise_in_bounds')
+  scale_out = row_scale(targets, weight, num_rows, cap)
+  new_out = w_out.at[targets].add((-lr * scale_out)[..., None] * g_v, mode='promise_in_bounds')
+  return new_in, new_out, loss

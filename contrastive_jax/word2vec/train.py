@@ -50,11 +50,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       noise=vocab_lib.noise_distribution(vocab.counts, config.ns_exponent),
       alpha=config.alpha, min_alpha=config.min_alpha, total_steps=total_steps,
       seed=config.seed, mesh=run.mesh, skip_nonfinite=config.nan_policy == 'skip_step',
-      row_update_cap=config.row_update_cap)
+      row_update_cap=config.row_update_cap, kernel=config.update_kernel,
+      threads=config.kernel_threads)
   raw_per_step = vocab.raw_words / stream.steps_per_epoch
-  logging.info('word2vec (%s) for %d steps, %d words each, on %d devices.',
+  logging.info('word2vec (%s) for %d steps, %d words each, on %d devices (%s update).',
                'skip-gram' if config.sg else 'CBOW', total_steps, config.batch_size,
-               jax.device_count())
+               jax.device_count(), 'fused CPU kernel' if sgns.use_cpu_kernel(
+                   config.update_kernel, config.nan_policy == 'skip_step') else 'XLA')
   start_step = run.start_step
   state, step = run.train(state, update, stream, total_steps=total_steps,
                           progress_keys=('loss', 'lr'), items_per_step=raw_per_step,

@@ -1,0 +1,106 @@
+"""word2vec's negative-sampling update as one fused XLA:CPU FFI call.
+
+Why: on the CPU, sgns.py's XLA update spends most of a step gathering and
+scatter-adding table rows, which XLA:CPU does element by element, at a few
+GB/s; the arithmetic (a few dot products and axpys of D floats per example)
+is small. sgns_update.cc does the whole step (gathers, logits, gradients,
+the row-capped scatter-adds) in three passes over the step's examples with
+contiguous row copies, on `threads` OpenMP threads, in place on the donated
+tables. It computes the function that sgns.make_update's XLA body computes,
+up to float rounding (tests/test_word2vec.py compares them), and the same
+bits for any thread count. benchmarks/NOTES.md has the measurements.
+
+When it is used: sgns.make_update(kernel='auto') takes it on the CPU backend
+with one device when it builds (g++ and jax.ffi; compiled on first use into
+ffi_build's cache, tuned for the machine's CPU); otherwise, and on GPU/TPU,
+the XLA update runs. With several devices XLA's SPMD partitioner cannot split
+a custom call, so every device would redo the whole step.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from contrastive_jax.kernels import ffi_build
+
+_SOURCE = pathlib.Path(__file__).with_name('sgns_update.cc')
+_TARGET = 'SgnsUpdateF32'
+_FLAGS = ('-O3', '-march=native', '-fopenmp')
+
+
+def build(out_dir: pathlib.Path | None = None) -> pathlib.Path:
+  """Compiles sgns_update.cc (cached; see ffi_build.compile_library)."""
+  return ffi_build.compile_library(_SOURCE, _FLAGS, out_dir)
+
+
+@functools.lru_cache(maxsize=None)
+def _load() -> str:
+  """'' once the handler is registered, else why it could not be."""
+  if sys.platform != 'linux':
+    return f'the fused SGNS kernel is built for Linux only (this is {sys.platform})'
+  try:
+    library = ctypes.cdll.LoadLibrary(str(build()))
+    jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(getattr(library, _TARGET)),
+                                platform='cpu')
+  except (RuntimeError, OSError) as e:
+    return str(e)
+  return ''
+
+
+def available() -> bool:
+  return not _load()
+
+
+def unavailable_reason() -> str:
+  return _load()
+
+
+def default_threads() -> int:
+  """The cores this process may run on."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+def noise_index(cum: np.ndarray, buckets_per_word: int = 2) -> np.ndarray:
+  """index[j] = #{i: cum[i] <= j / M} for j = 0..M, M = buckets_per_word x V:
+  the kernel's draws search only the buckets around u * M (sgns_update.cc,
+  Draw), with the result of a search over all of cum."""
+  cum = np.asarray(cum, np.float32)
+  m = max(buckets_per_word * len(cum), 1024)
+  edges = np.arange(m + 1, dtype=np.float64) / m
+  return np.searchsorted(cum.astype(np.float64), edges, side='right').astype(np.int32)
+
+
+def sgns_update(w_in: jax.Array, w_out: jax.Array, ctx: jax.Array, ctx_mask: jax.Array,
+                out: jax.Array, mask: jax.Array, uniform: jax.Array, cum: jax.Array,
+                cum_index: jax.Array, lr: jax.Array, *, cap: float,
+                threads: int = 0) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(new w_in, new w_out, summed loss) of one SGNS step (see the module doc
+  and sgns_update.cc). w_in, w_out: float32 [V, D], updated in place when the
+  caller donates them; ctx, ctx_mask: [P, C] context ids and 0/1 weights
+  (skip-gram: C = 1); out, mask: [P] output ids and 0/1 example weights;
+  uniform: [P, K] draws in [0, 1) that pick the K noise words by inverse CDF
+  on cum (the noise distribution's cumulative sum, float32 [V]; cum_index:
+  noise_index(cum)); lr: the step's
+  learning rate; cap: sgns.row_scale's cap (<= 0: plain sums); threads:
+  OpenMP threads (0: default_threads())."""
+  if not available():
+    raise RuntimeError(f'the fused SGNS kernel is not available: {unavailable_reason()}')
+  table = jax.ShapeDtypeStruct(w_in.shape, jnp.float32)
+  call = jax.ffi.ffi_call(_TARGET, (table, table, jax.ShapeDtypeStruct((), jnp.float32)),
+                          input_output_aliases={0: 0, 1: 1})
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  i32 = lambda x: jnp.asarray(x, jnp.int32)
+  return call(w_in, w_out, i32(ctx), f32(ctx_mask), i32(out), f32(mask), f32(uniform),
+              f32(cum), i32(cum_index), f32(lr), cap=np.float32(cap),
+              threads=np.int64(threads or default_threads()))
