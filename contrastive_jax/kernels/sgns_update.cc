@@ -23,8 +23,8 @@
 // Three passes, so every gradient reads the old tables: (1) per example, in
 // parallel: the noise words, u, the coefficients, the input gradient and the
 // loss, into scratch; (2) the output table's updates; (3) the input table's.
-// Passes 2 and 3 split the rows among the threads (row r belongs to thread
-// r mod T) and each thread applies its rows' updates in example order, so the
+// Passes 2 and 3 split the rows among the threads (by a hash of the row) and
+// each thread applies its rows' updates in example order, so the
 // result is the same bits for any thread count and from run to run.
 #include <algorithm>
 #include <cmath>
@@ -74,6 +74,19 @@ inline int64_t Draw(const float* cum, const int32_t* index, int64_t M, float u) 
   const float* lo = cum + index[std::max<int64_t>(b - 1, 0)];
   const float* hi = cum + index[std::min<int64_t>(b + 2, M)];
   return std::upper_bound(lo, hi, u) - cum;
+}
+
+// The thread (of `team`) that applies row r's updates: a multiplicative hash
+// scaled to [0, team), so no integer division per entry.
+inline int Owner(int32_t r, int team) {
+  return int((uint64_t(uint32_t(r) * 2654435761u) * uint64_t(team)) >> 32);
+}
+
+// Asks for the cache lines of a row of d floats ahead of its use: the rows
+// are random, so the hardware prefetcher cannot guess them, and a step
+// otherwise waits on each row's first miss in turn.
+inline void PrefetchRow(const float* row, int64_t d) {
+  for (int64_t i = 0; i < d; i += 16) __builtin_prefetch(row + i);
 }
 
 inline void Axpy(float alpha, const float* __restrict x, float* __restrict y, int64_t d) {
@@ -158,6 +171,10 @@ ffi::Error SgnsUpdate(ffi::Buffer<ffi::F32> w_in, ffi::Buffer<ffi::F32> w_out,
   // Pass 1: per example, everything that reads the old tables.
 #pragma omp parallel for num_threads(T) schedule(static)
   for (int64_t p = 0; p < P; ++p) {
+    if (p + 1 < P) {
+      PrefetchRow(&win[int64_t(cx[(p + 1) * C]) * D], D);
+      PrefetchRow(&wout[int64_t(ob[p + 1]) * D], D);
+    }
     const float* u;
     if (one_row) {
       u = &win[int64_t(cx[p]) * D];
@@ -183,6 +200,7 @@ ffi::Error SgnsUpdate(ffi::Buffer<ffi::F32> w_in, ffi::Buffer<ffi::F32> w_out,
       tg[p * K1 + 1 + k] = n;
       wt[p * K1 + 1 + k] = n != ob[p] ? mk[p] : 0.f;
     }
+    for (int64_t k = 1; k < K1; ++k) PrefetchRow(&wout[int64_t(tg[p * K1 + k]) * D], D);
     float l = 0.f;
     for (int64_t k = 0; k < K1; ++k) {
       const float a = wt[p * K1 + k];
@@ -201,7 +219,7 @@ ffi::Error SgnsUpdate(ffi::Buffer<ffi::F32> w_in, ffi::Buffer<ffi::F32> w_out,
     loss[p] = l;
   }
 
-  // Passes 2 and 3: each thread owns the rows r with r % T == its number.
+  // Passes 2 and 3: each thread owns the rows that Owner gives it.
 #pragma omp parallel num_threads(T)
   {
 #ifdef _OPENMP
@@ -213,29 +231,38 @@ ffi::Error SgnsUpdate(ffi::Buffer<ffi::F32> w_in, ffi::Buffer<ffi::F32> w_out,
     // and all zero between passes: only the rows a step touches are reset,
     // so a step costs nothing in the vocabulary's size.
     static thread_local std::vector<float> count;
+    static thread_local std::vector<int64_t> mine;   // this thread's entries: (i, p) pairs
     if (cap > 0.f && int64_t(count.size()) != V) count.assign(V, 0.f);
-    auto apply = [&](const int32_t* rows, const float* w, int64_t n, int64_t per_example,
-                     const float* coefs, const float* src, bool src_is_table, float* table) {
+    auto apply = [&](const int32_t* rows, const float* w, int64_t per_example, const float* coefs,
+                     const float* src, bool src_is_table, float* table) {
+      mine.clear();
+      for (int64_t p = 0, i = 0; p < P; ++p)
+        for (int64_t j = 0; j < per_example; ++j, ++i)
+          if (w[i] != 0.f && Owner(rows[i], team) == me) {   // counted as XLA counts
+            mine.push_back(i);
+            mine.push_back(p);
+          }
+      const int64_t m = int64_t(mine.size());
       if (cap > 0.f)
-        for (int64_t i = 0; i < n; ++i)
-          if (rows[i] % team == me) count[rows[i]] += w[i];
-      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t j = 0; j < m; j += 2) count[rows[mine[j]]] += w[mine[j]];
+      constexpr int64_t kAhead = 16;   // entries ahead (2 per entry): several rows in flight
+      for (int64_t j = 0; j < m; j += 2) {
+        if (j + kAhead < m) PrefetchRow(&table[int64_t(rows[mine[j + kAhead]]) * D], D);
+        const int64_t i = mine[j], p = mine[j + 1];
+        if (coefs[i] == 0.f) continue;
         const int32_t r = rows[i];
-        if (r % team != me || coefs[i] == 0.f) continue;
         const float s = cap > 0.f ? std::min(1.f, cap / std::max(count[r], 1.f)) : 1.f;
-        const int64_t p = i / per_example;
         const float* x = src_is_table ? &src[int64_t(cx[p]) * D] : &src[p * D];
         Axpy(-lr * s * coefs[i], x, &table[int64_t(r) * D], D);
       }
       if (cap > 0.f)
-        for (int64_t i = 0; i < n; ++i)
-          if (rows[i] % team == me) count[rows[i]] = 0.f;
+        for (int64_t j = 0; j < m; j += 2) count[rows[mine[j]]] = 0.f;
     };
     // Pass 2, w_out: u is w_in's row itself for skip-gram (unchanged until
     // pass 3), else the mean in U.
-    apply(tg, wt, P * K1, K1, coef, one_row ? win : U, one_row, wout);
+    apply(tg, wt, K1, coef, one_row ? win : U, one_row, wout);
 #pragma omp barrier
-    apply(cx, cm, P * C, C, cm, G, false, win);                // pass 3: w_in
+    apply(cx, cm, C, cm, G, false, win);                // pass 3: w_in
   }
 
   double total = 0.0;
