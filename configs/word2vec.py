@@ -16,7 +16,7 @@ from contrastive_jax.word2vec import defaults
 
 def get_config(arg: str | None = None):
   config = defaults.word2vec_defaults()
-  config.batch_size = 1024        # words per step, with row_update_cap 128 (benchmarks/NOTES.md)
+  config.batch_size = 4096        # words per step, with row_update_cap 128 (benchmarks/NOTES.md)
   if arg == 'cbow':
     config.sg = 0
   elif arg == 'tiny':
