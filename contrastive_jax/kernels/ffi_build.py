@@ -11,14 +11,16 @@ file instead of loading a stale or foreign one.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import pathlib
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 
@@ -73,3 +75,20 @@ def compile_library(source: pathlib.Path, flags: Sequence[str] = (),
                        f'{proc.stderr[-2000:]}')
   os.replace(tmp, target)
   return target
+
+
+def load_and_register(what: str, build: Callable[[], pathlib.Path],
+                      targets: Sequence[str]) -> str:
+  """Builds (or finds) a library, loads it and registers its `targets` as
+  XLA:CPU FFI handlers. Returns '' when they are registered, else why not
+  (`what` names the kernels in that message)."""
+  if sys.platform != 'linux':
+    return f'{what} are built for Linux only (this is {sys.platform})'
+  try:
+    library = ctypes.cdll.LoadLibrary(str(build()))
+    for name in targets:
+      jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)),
+                                  platform='cpu')
+  except (RuntimeError, OSError) as e:
+    return str(e)
+  return ''

@@ -26,11 +26,9 @@ device (correct, as tests/test_onednn_conv.py checks, but not fast).
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import importlib.metadata
 import pathlib
-import sys
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -75,16 +73,8 @@ def build(out_dir: pathlib.Path | None = None) -> pathlib.Path:
 @functools.lru_cache(maxsize=None)
 def _load() -> str:
   """'' once the handlers are registered, else why they could not be."""
-  if sys.platform != 'linux':
-    return f'oneDNN convolutions are built for Linux only (this is {sys.platform})'
-  try:
-    library = ctypes.cdll.LoadLibrary(str(build()))
-    for name in _TARGETS:
-      jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)),
-                                  platform='cpu')
-  except (RuntimeError, OSError) as e:
-    return f'{e} (needs: {_INSTALL_HINT})'
-  return ''
+  why = ffi_build.load_and_register('oneDNN convolutions', build, _TARGETS)
+  return f'{why} (needs: {_INSTALL_HINT})' if why else ''
 
 
 def available() -> bool:

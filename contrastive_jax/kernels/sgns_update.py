@@ -19,11 +19,9 @@ a custom call, so every device would redo the whole step.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -44,15 +42,7 @@ def build(out_dir: pathlib.Path | None = None) -> pathlib.Path:
 @functools.lru_cache(maxsize=None)
 def _load() -> str:
   """'' once the handler is registered, else why it could not be."""
-  if sys.platform != 'linux':
-    return f'the fused SGNS kernel is built for Linux only (this is {sys.platform})'
-  try:
-    library = ctypes.cdll.LoadLibrary(str(build()))
-    jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(getattr(library, _TARGET)),
-                                platform='cpu')
-  except (RuntimeError, OSError) as e:
-    return str(e)
-  return ''
+  return ffi_build.load_and_register('fused SGNS kernels', build, (_TARGET,))
 
 
 def available() -> bool:
