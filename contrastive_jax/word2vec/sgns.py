@@ -18,9 +18,10 @@ As there, a noise word equal to the example's output word is skipped, and
 CBOW adds the error of the mean to every context word undivided (cbow_mean=1).
 The tables are replicated over the devices and the examples split over them;
 the negatives come from the step's key (threefry, partitionable), so 1 and
-8 devices draw the same ones. On the CPU with one device the step after the
-negatives runs as one fused FFI call (kernels/sgns_update.py), which
-computes the same function faster than XLA:CPU's row gathers and scatters.
+8 devices draw the same ones. On the CPU with one device everything after
+the uniform draws (the noise words included) runs as one fused FFI call
+(kernels/sgns_update.py), which computes the same function faster than
+XLA:CPU's row gathers and scatters.
 """
 
 from __future__ import annotations
