@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 
