@@ -10,25 +10,36 @@
 // m[p, :] (skip-gram: one row), u = sum_c m_c w_in[ctx_c] / max(sum_c m_c, 1),
 // output rows t[p, 0] = out[p] and t[p, k] = the noise word drawn from
 // uniform[p, k - 1] (the first index with cum[index] > uniform, as
-// jnp.searchsorted(cum, uniform, side='right'), clipped to V - 1), weights a[p, 0] = mask[p] and
-// a[p, k] = mask[p] [t[p, k] != out[p]], logits x_k = u . w_out[t_k], and
-// coefficients g_k = a_k (sigmoid(x_k) - [k == 0]) (the loss's derivative in
-// x_k). Then
+// jnp.searchsorted(cum, uniform, side='right'), clipped to V - 1), weights
+// a[p, 0] = mask[p] and a[p, k] = mask[p] [t[p, k] != out[p]], logits
+// x_k = u . w_out[t_k], and coefficients g_k = a_k (sigmoid(x_k) - [k == 0])
+// (the loss's derivative in x_k). Then
 //   w_out[t_k]  -= lr s_out(t_k) g_k u              for every (p, k),
 //   w_in[ctx_c] -= lr s_in(ctx_c) m_c sum_k g_k w_out[t_k]   for every (p, c)
 // (CBOW's update of the context words undivided by their count, as gensim's
 // cbow_mean=1), s(r) = min(1, cap / max(count(r), 1)) with count(r) the summed
 // weights of the entries hitting row r (cap <= 0: s = 1).
 //
-// Three passes, so every gradient reads the old tables: (1) per example, in
-// parallel: the noise words, u, the coefficients, the input gradient and the
-// loss, into scratch; (2) the output table's updates; (3) the input table's.
-// Passes 2 and 3 split the rows among the threads (by a hash of the row) and
-// each thread applies its rows' updates in example order, so the
-// result is the same bits for any thread count and from run to run.
+// The uniforms are either given ([P, K]) or, when `uniform` is [0, K], drawn
+// here from `key` exactly as jax.random.uniform(key, (P, K)) draws them with
+// the threefry2x32 PRNG (jax_threefry_partitionable): element n's 32 bits are
+// the xor of the two words of threefry2x32(key, (0, n)) (Salmon et al. 2011,
+// "Parallel random numbers: as easy as 1, 2, 3"), their top 23 bits the
+// mantissa of a float in [1, 2), minus 1. XLA:CPU runs threefry's rounds as a
+// loop that costs as much as the rest of the step; here they vectorise.
+//
+// Four passes over the examples, each thread on its own contiguous range in
+// passes 0 and 1 and on the rows it owns (a hash of the row) in 2 and 3:
+// (0) the noise words and weights, and each entry filed in the list of
+// (its example's range, its row's owner); (1) everything that reads the old
+// tables: u, the coefficients, the input gradient and the loss, into
+// scratch; (2) the output table's updates; (3) the input table's. An owner
+// applies its rows' updates in example order (its lists in range order), so
+// the result is the same bits for any thread count and from run to run.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -41,11 +52,58 @@ namespace ffi = xla::ffi;
 
 namespace {
 
+// An entry of a table update: element i of the index array (ctx or t, flat)
+// and its example p.
+struct Entry {
+  int32_t i, p;
+};
+
+// A dot product of d floats in 16 lanes summed by halves: vectorises, where
+// a reduction clause leaves a serial sum of the lanes.
 inline float Dot(const float* __restrict a, const float* __restrict b, int64_t d) {
-  float s = 0.f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < d; ++i) s += a[i] * b[i];
-  return s;
+  constexpr int kLanes = 16;
+  float acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= d; i += kLanes) {
+#pragma omp simd
+    for (int j = 0; j < kLanes; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  float tail = 0.f;
+  for (; i < d; ++i) tail += a[i] * b[i];
+  for (int w = kLanes / 2; w >= 1; w /= 2) {
+#pragma omp simd
+    for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
+  }
+  return acc[0] + tail;
+}
+
+inline void Axpy(float alpha, const float* __restrict x, float* __restrict y, int64_t d) {
+#pragma omp simd
+  for (int64_t i = 0; i < d; ++i) y[i] += alpha * x[i];
+}
+
+// exp(x) for x <= 0: x = n ln2 + r, |r| <= ln2 / 2 (ln2 in two parts, Cody
+// and Waite), e^r by its Taylor series to r^7 (relative error under 2e-7,
+// glibc's expf is within 1 ulp), times 2^n built in the exponent bits; 0
+// below -87 (float's smallest normal). Branch-free, so a loop over the K + 1
+// logits vectorises; exp(0) = 1 exactly.
+inline float ExpNonPositive(float x) {
+  x = std::max(x, -87.f);
+  const float n = std::nearbyint(x * 1.44269504f);
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.f / 5040;
+  p = p * r + 1.f / 720;
+  p = p * r + 1.f / 120;
+  p = p * r + 1.f / 24;
+  p = p * r + 1.f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  int32_t bits;
+  std::memcpy(&bits, &p, 4);
+  bits += int32_t(n) << 23;
+  std::memcpy(&p, &bits, 4);
+  return p;
 }
 
 // log1p(e) for e in [0, 1] as 2 atanh(s), s = e / (2 + e) in [0, 1/3], by its
@@ -63,17 +121,55 @@ inline float Log1pUnit(float e) {
   return 2.f * s * poly;
 }
 
-// The first i with cum[i] > u (V if none): a binary search narrowed by
-// `index` (index[j] = #{i: cum[i] <= j / M}, M + 1 entries) to the buckets
-// around u * M, so it usually looks at one or two entries. u in
-// [(b - 1) / M, (b + 2) / M) for b = (int)(u * M) whatever the rounding, so
-// the answer lies in [index[b - 1], index[b + 2]] and the result equals the
-// full search's.
+inline uint32_t Rotl(uint32_t x, int r) { return (x << r) | (x >> (32 - r)); }
+
+// Four threefry rounds with these rotations.
+inline void Rounds(uint32_t& x0, uint32_t& x1, int r0, int r1, int r2, int r3) {
+  x0 += x1; x1 = Rotl(x1, r0); x1 ^= x0;
+  x0 += x1; x1 = Rotl(x1, r1); x1 ^= x0;
+  x0 += x1; x1 = Rotl(x1, r2); x1 ^= x0;
+  x0 += x1; x1 = Rotl(x1, r3); x1 ^= x0;
+}
+
+// jax.random.uniform's float32 for element n of a draw with key (k0, k1):
+// threefry2x32 of the counter (0, n), 20 rounds with a key injection every
+// 4, written out so that a loop over n vectorises.
+inline float ThreefryUniform(uint32_t k0, uint32_t k1, uint32_t n) {
+  const uint32_t k2 = k0 ^ k1 ^ 0x1BD11BDAu;
+  uint32_t x0 = k0, x1 = n + k1;
+  Rounds(x0, x1, 13, 15, 26, 6);
+  x0 += k1; x1 += k2 + 1u;
+  Rounds(x0, x1, 17, 29, 16, 24);
+  x0 += k2; x1 += k0 + 2u;
+  Rounds(x0, x1, 13, 15, 26, 6);
+  x0 += k0; x1 += k1 + 3u;
+  Rounds(x0, x1, 17, 29, 16, 24);
+  x0 += k1; x1 += k2 + 4u;
+  Rounds(x0, x1, 13, 15, 26, 6);
+  x0 += k2; x1 += k0 + 5u;
+  const uint32_t bits = ((x0 ^ x1) >> 9) | 0x3f800000u;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f - 1.f;
+}
+
+// The first i with cum[i] > u (V if none), for u in [0, 1): `index` (M + 1
+// entries, M a power of 2) holds index[j] = #{i: cum[i] <= j / M}. u M is
+// exact, so u lies in bucket b = floor(u M), [b / M, (b + 1) / M), and the
+// answer in [index[b], index[b + 1]]: no search when the bucket holds no
+// entry of cum (most draws), else a short one without branches on the data
+// (a branch per comparison of random draws would be mispredicted half the
+// time); the answer stays in [first, first + len].
 inline int64_t Draw(const float* cum, const int32_t* index, int64_t M, float u) {
   const int64_t b = std::min<int64_t>(std::max<int64_t>(int64_t(u * float(M)), 0), M - 1);
-  const float* lo = cum + index[std::max<int64_t>(b - 1, 0)];
-  const float* hi = cum + index[std::min<int64_t>(b + 2, M)];
-  return std::upper_bound(lo, hi, u) - cum;
+  const float* first = cum + index[b];
+  int64_t len = index[b + 1] - index[b];
+  while (len > 1) {
+    const int64_t half = len / 2;
+    first = first[half - 1] <= u ? first + half : first;
+    len -= half;
+  }
+  return (first - cum) + (len == 1 && *first <= u);
 }
 
 // The thread (of `team`) that applies row r's updates: a multiplicative hash
@@ -87,15 +183,11 @@ inline int Owner(int32_t r, int team) {
 // otherwise waits on each row's first miss in turn.
 inline void PrefetchRow(const float* row, int64_t d) {
   for (int64_t i = 0; i < d; i += 16) __builtin_prefetch(row + i);
+  __builtin_prefetch(row + d - 1);
 }
 
-inline void Axpy(float alpha, const float* __restrict x, float* __restrict y, int64_t d) {
-#pragma omp simd
-  for (int64_t i = 0; i < d; ++i) y[i] += alpha * x[i];
-}
-
-// Uninitialised float / int scratch that grows and is kept by the calling
-// thread (one call at a time per thread; the OpenMP team only uses pointers).
+// Uninitialised scratch that grows and is kept by the calling thread (one
+// call at a time per thread; the OpenMP team only uses pointers).
 template <typename T>
 T* Scratch(std::vector<std::unique_ptr<T[]>>& store, std::vector<size_t>& sizes, int slot,
            size_t n) {
@@ -113,8 +205,9 @@ T* Scratch(std::vector<std::unique_ptr<T[]>>& store, std::vector<size_t>& sizes,
 ffi::Error SgnsUpdate(ffi::Buffer<ffi::F32> w_in, ffi::Buffer<ffi::F32> w_out,
                       ffi::Buffer<ffi::S32> ctx, ffi::Buffer<ffi::F32> ctx_mask,
                       ffi::Buffer<ffi::S32> out, ffi::Buffer<ffi::F32> mask,
-                      ffi::Buffer<ffi::F32> uniform, ffi::Buffer<ffi::F32> cum,
-                      ffi::Buffer<ffi::S32> cum_index, ffi::Buffer<ffi::F32> lr_buf, ffi::ResultBuffer<ffi::F32> new_in,
+                      ffi::Buffer<ffi::F32> uniform, ffi::Buffer<ffi::U32> key,
+                      ffi::Buffer<ffi::F32> cum, ffi::Buffer<ffi::S32> cum_index,
+                      ffi::Buffer<ffi::F32> lr_buf, ffi::ResultBuffer<ffi::F32> new_in,
                       ffi::ResultBuffer<ffi::F32> new_out, ffi::ResultBuffer<ffi::F32> loss_out,
                       float cap, int64_t threads) {
   const auto tdims = w_in.dimensions();
@@ -125,21 +218,27 @@ ffi::Error SgnsUpdate(ffi::Buffer<ffi::F32> w_in, ffi::Buffer<ffi::F32> w_out,
   const int64_t V = tdims[0], D = tdims[1];
   const int64_t P = ctx.dimensions()[0], C = ctx.dimensions()[1];
   const int64_t K = uniform.dimensions()[1], K1 = K + 1;
+  const bool given = uniform.dimensions()[0] != 0;
   if (out.element_count() != size_t(P) || mask.element_count() != size_t(P) ||
-      uniform.dimensions()[0] != P || ctx_mask.element_count() != size_t(P * C) ||
-      cum.element_count() != size_t(V)) {
+      (given && uniform.dimensions()[0] != P) || ctx_mask.element_count() != size_t(P * C) ||
+      cum.element_count() != size_t(V) || key.element_count() != 2) {
     return ffi::Error::InvalidArgument(
-        "SgnsUpdate: ctx, ctx_mask [P, C]; out, mask [P]; uniform [P, K]; cum [V]");
+        "SgnsUpdate: ctx, ctx_mask [P, C]; out, mask [P]; uniform [P, K] or [0, K]; key [2]; "
+        "cum [V]");
+  }
+  if (P * std::max(K1, C) >= (int64_t(1) << 31)) {
+    return ffi::Error::InvalidArgument("SgnsUpdate: P (K + 1) and P C must be below 2^31");
   }
   const int32_t* cx = ctx.typed_data();
   const float* cm = ctx_mask.typed_data();
   const int32_t* ob = out.typed_data();
   const float* mk = mask.typed_data();
   const float* un = uniform.typed_data();
+  const uint32_t k0 = key.typed_data()[0], k1 = key.typed_data()[1];
   const float* cu = cum.typed_data();
   const int32_t* ci = cum_index.typed_data();
   const int64_t M = int64_t(cum_index.element_count()) - 1;
-  if (M < 1 || ci[0] < 0 || ci[M] > V) {
+  if (M < 1 || (M & (M - 1)) != 0 || ci[0] < 0 || ci[M] > V) {
     return ffi::Error::InvalidArgument("SgnsUpdate: cum_index must be noise_index(cum)");
   }
   for (int64_t i = 0; i < P * C; ++i)
@@ -161,65 +260,26 @@ ffi::Error SgnsUpdate(ffi::Buffer<ffi::F32> w_in, ffi::Buffer<ffi::F32> w_out,
   static thread_local std::vector<std::unique_ptr<float[]>> fstore;
   static thread_local std::vector<std::unique_ptr<int32_t[]>> istore;
   static thread_local std::vector<size_t> fsizes, isizes;
+  static thread_local std::vector<std::vector<Entry>> out_store, in_store;
+  static thread_local std::vector<int64_t> out_size, in_size;
   float* U = one_row ? nullptr : Scratch(fstore, fsizes, 0, size_t(P * D));
   float* G = Scratch(fstore, fsizes, 1, size_t(P * D));
   float* coef = Scratch(fstore, fsizes, 2, size_t(P * K1));
   float* wt = Scratch(fstore, fsizes, 3, size_t(P * K1));
   float* loss = Scratch(fstore, fsizes, 4, size_t(P));
   int32_t* tg = Scratch(istore, isizes, 0, size_t(P * K1));
-
-  // Pass 1: per example, everything that reads the old tables.
-#pragma omp parallel for num_threads(T) schedule(static)
-  for (int64_t p = 0; p < P; ++p) {
-    if (p + 1 < P) {
-      PrefetchRow(&win[int64_t(cx[(p + 1) * C]) * D], D);
-      PrefetchRow(&wout[int64_t(ob[p + 1]) * D], D);
-    }
-    const float* u;
-    if (one_row) {
-      u = &win[int64_t(cx[p]) * D];
-    } else {
-      float* acc = &U[p * D];
-      std::fill(acc, acc + D, 0.f);
-      float msum = 0.f;
-      for (int64_t c = 0; c < C; ++c) {
-        const float m = cm[p * C + c];
-        msum += m;
-        if (m != 0.f) Axpy(m, &win[int64_t(cx[p * C + c]) * D], acc, D);
-      }
-      const float inv = 1.f / std::max(msum, 1.f);
-      for (int64_t i = 0; i < D; ++i) acc[i] *= inv;
-      u = acc;
-    }
-    float* g = &G[p * D];
-    std::fill(g, g + D, 0.f);
-    tg[p * K1] = ob[p];
-    wt[p * K1] = mk[p];
-    for (int64_t k = 0; k < K; ++k) {
-      const int32_t n = int32_t(std::min<int64_t>(Draw(cu, ci, M, un[p * K + k]), V - 1));
-      tg[p * K1 + 1 + k] = n;
-      wt[p * K1 + 1 + k] = n != ob[p] ? mk[p] : 0.f;
-    }
-    for (int64_t k = 1; k < K1; ++k) PrefetchRow(&wout[int64_t(tg[p * K1 + k]) * D], D);
-    float l = 0.f;
-    for (int64_t k = 0; k < K1; ++k) {
-      const float a = wt[p * K1 + k];
-      if (a == 0.f) { coef[p * K1 + k] = 0.f; continue; }
-      const float* v = &wout[int64_t(tg[p * K1 + k]) * D];
-      const float x = Dot(u, v, D);
-      // sigmoid(x) and the loss -log sigmoid(+-x) = softplus(-+x) from one exp.
-      const float e = std::exp(-std::fabs(x));
-      const float sig = x >= 0.f ? 1.f / (1.f + e) : e / (1.f + e);
-      const float z = k == 0 ? -x : x;
-      l += a * (std::max(z, 0.f) + Log1pUnit(e));
-      const float gk = a * (sig - (k == 0 ? 1.f : 0.f));
-      coef[p * K1 + k] = gk;
-      Axpy(gk, v, g, D);
-    }
-    loss[p] = l;
+  // lists[q * team + o]: the entries of range q's examples whose rows thread o owns.
+  if (int(out_store.size()) < T * T) {
+    out_store.resize(T * T);
+    in_store.resize(T * T);
+    out_size.resize(T * T);
+    in_size.resize(T * T);
   }
+  std::vector<std::vector<Entry>>& out_lists = out_store;
+  std::vector<std::vector<Entry>>& in_lists = in_store;
+  int64_t* out_n = out_size.data();
+  int64_t* in_n = in_size.data();
 
-  // Passes 2 and 3: each thread owns the rows that Owner gives it.
 #pragma omp parallel num_threads(T)
   {
 #ifdef _OPENMP
@@ -227,42 +287,152 @@ ffi::Error SgnsUpdate(ffi::Buffer<ffi::F32> w_in, ffi::Buffer<ffi::F32> w_out,
 #else
     const int me = 0, team = 1;
 #endif
+    const int64_t lo = P * me / team, hi = P * (me + 1) / team;
+    static thread_local std::vector<float> draws;   // this range's uniforms, kept between calls
+    std::vector<float> x(K1), e(K1);
+
+    // Pass 0: the noise words, the weights and the entry lists of [lo, hi).
+    // Each list sized for the worst case (kept between calls) and written
+    // through a cursor per owner, without push_back's checks.
+    std::vector<Entry*> out_at(team), in_at(team);
+    for (int o = 0; o < team; ++o) {
+      std::vector<Entry>& lo_list = out_lists[me * team + o];
+      std::vector<Entry>& li_list = in_lists[me * team + o];
+      if (int64_t(lo_list.size()) < (hi - lo) * K1) lo_list.resize((hi - lo) * K1);
+      if (int64_t(li_list.size()) < (hi - lo) * C) li_list.resize((hi - lo) * C);
+      out_at[o] = lo_list.data();
+      in_at[o] = li_list.data();
+    }
+    const float* u_lo = given ? un + lo * K : nullptr;
+    if (!given) {   // elements [lo K, hi K) of jax.random.uniform(key, (P, K))
+      draws.resize(size_t((hi - lo) * K));
+      float* d = draws.data();
+      const uint32_t first = uint32_t(lo * K), n = uint32_t((hi - lo) * K);
+#pragma omp simd
+      for (uint32_t j = 0; j < n; ++j) d[j] = ThreefryUniform(k0, k1, first + j);
+      u_lo = d;
+    }
+    for (int64_t p = lo; p < hi; ++p) {
+      const int32_t o = ob[p];
+      tg[p * K1] = o;
+      wt[p * K1] = mk[p];
+      if (mk[p] == 0.f) {   // padding: no noise words
+        std::fill_n(&tg[p * K1 + 1], K, o);
+        std::fill_n(&wt[p * K1 + 1], K, 0.f);
+      } else {
+        const float* u = u_lo + (p - lo) * K;
+        for (int64_t k = 0; k < K; ++k) {
+          const int32_t n = int32_t(std::min<int64_t>(Draw(cu, ci, M, u[k]), V - 1));
+          tg[p * K1 + 1 + k] = n;
+          wt[p * K1 + 1 + k] = n != o ? mk[p] : 0.f;
+        }
+        for (int64_t k = 0; k < K1; ++k)
+          if (wt[p * K1 + k] != 0.f)
+            *out_at[Owner(tg[p * K1 + k], team)]++ = {int32_t(p * K1 + k), int32_t(p)};
+      }
+      for (int64_t c = 0; c < C; ++c)
+        if (cm[p * C + c] != 0.f)
+          *in_at[Owner(cx[p * C + c], team)]++ = {int32_t(p * C + c), int32_t(p)};
+    }
+    for (int o = 0; o < team; ++o) {
+      out_n[me * team + o] = out_at[o] - out_lists[me * team + o].data();
+      in_n[me * team + o] = in_at[o] - in_lists[me * team + o].data();
+    }
+
+    // Pass 1: per example of [lo, hi), everything that reads the old tables,
+    // with the next example's rows on their way.
+    for (int64_t p = lo; p < hi; ++p) {
+      if (p + 1 < hi) {
+        const int64_t q = p + 1;
+        for (int64_t c = 0; c < C; ++c)
+          if (cm[q * C + c] != 0.f) PrefetchRow(&win[int64_t(cx[q * C + c]) * D], D);
+        for (int64_t k = 0; k < K1; ++k)
+          if (wt[q * K1 + k] != 0.f) PrefetchRow(&wout[int64_t(tg[q * K1 + k]) * D], D);
+      }
+      float* g = &G[p * D];
+      if (mk[p] == 0.f) {   // padding: pass 3 reads its G only for a context of weight != 0
+        std::fill_n(&coef[p * K1], K1, 0.f);
+        loss[p] = 0.f;
+        bool read = false;
+        for (int64_t c = 0; c < C; ++c) read |= cm[p * C + c] != 0.f;
+        if (read) std::fill(g, g + D, 0.f);
+        continue;
+      }
+      std::fill(g, g + D, 0.f);
+      const float* u;
+      if (one_row) {
+        u = &win[int64_t(cx[p]) * D];
+      } else {
+        float* acc = &U[p * D];
+        std::fill(acc, acc + D, 0.f);
+        float msum = 0.f;
+        for (int64_t c = 0; c < C; ++c) {
+          const float m = cm[p * C + c];
+          msum += m;
+          if (m != 0.f) Axpy(m, &win[int64_t(cx[p * C + c]) * D], acc, D);
+        }
+        const float inv = 1.f / std::max(msum, 1.f);
+        for (int64_t i = 0; i < D; ++i) acc[i] *= inv;
+        u = acc;
+      }
+      const float* a = &wt[p * K1];
+      for (int64_t k = 0; k < K1; ++k)
+        x[k] = a[k] != 0.f ? Dot(u, &wout[int64_t(tg[p * K1 + k]) * D], D) : 0.f;
+      // sigmoid(x) and the loss -log sigmoid(+-x) = softplus(-+x) from one exp.
+#pragma omp simd
+      for (int64_t k = 0; k < K1; ++k) e[k] = ExpNonPositive(-std::fabs(x[k]));
+      float l = 0.f;
+      for (int64_t k = 0; k < K1; ++k) {
+        const float sig = x[k] >= 0.f ? 1.f / (1.f + e[k]) : e[k] / (1.f + e[k]);
+        const float z = k == 0 ? -x[k] : x[k];
+        l += a[k] * (std::max(z, 0.f) + Log1pUnit(e[k]));
+        coef[p * K1 + k] = a[k] * (sig - (k == 0 ? 1.f : 0.f));
+      }
+      for (int64_t k = 0; k < K1; ++k)
+        if (a[k] != 0.f) Axpy(coef[p * K1 + k], &wout[int64_t(tg[p * K1 + k]) * D], g, D);
+      loss[p] = l;
+    }
+#pragma omp barrier
+
+    // Passes 2 and 3: each thread applies the updates of the rows it owns.
     // Per-thread row counts, kept between calls (OpenMP's threads persist)
     // and all zero between passes: only the rows a step touches are reset,
     // so a step costs nothing in the vocabulary's size.
     static thread_local std::vector<float> count;
-    static thread_local std::vector<int64_t> mine;   // this thread's entries: (i, p) pairs
     if (cap > 0.f && int64_t(count.size()) != V) count.assign(V, 0.f);
-    auto apply = [&](const int32_t* rows, const float* w, int64_t per_example, const float* coefs,
-                     const float* src, bool src_is_table, float* table) {
-      mine.clear();
-      for (int64_t p = 0, i = 0; p < P; ++p)
-        for (int64_t j = 0; j < per_example; ++j, ++i)
-          if (w[i] != 0.f && Owner(rows[i], team) == me) {   // counted as XLA counts
-            mine.push_back(i);
-            mine.push_back(p);
+    auto apply = [&](const std::vector<std::vector<Entry>>& lists, const int64_t* sizes,
+                     const int32_t* rows, const float* w, const float* coefs, const float* src,
+                     bool src_is_table, float* table) {
+      if (cap > 0.f)   // counted as XLA counts: every entry of nonzero weight
+        for (int q = 0; q < team; ++q)
+          for (int64_t j = 0; j < sizes[q * team + me]; ++j) {
+            const int32_t i = lists[q * team + me][j].i;
+            count[rows[i]] += w[i];
           }
-      const int64_t m = int64_t(mine.size());
-      if (cap > 0.f)
-        for (int64_t j = 0; j < m; j += 2) count[rows[mine[j]]] += w[mine[j]];
-      constexpr int64_t kAhead = 16;   // entries ahead (2 per entry): several rows in flight
-      for (int64_t j = 0; j < m; j += 2) {
-        if (j + kAhead < m) PrefetchRow(&table[int64_t(rows[mine[j + kAhead]]) * D], D);
-        const int64_t i = mine[j], p = mine[j + 1];
-        if (coefs[i] == 0.f) continue;
-        const int32_t r = rows[i];
-        const float s = cap > 0.f ? std::min(1.f, cap / std::max(count[r], 1.f)) : 1.f;
-        const float* x = src_is_table ? &src[int64_t(cx[p]) * D] : &src[p * D];
-        Axpy(-lr * s * coefs[i], x, &table[int64_t(r) * D], D);
+      constexpr int64_t kAhead = 8;   // entries ahead: several rows in flight
+      for (int q = 0; q < team; ++q) {
+        const Entry* l = lists[q * team + me].data();
+        const int64_t m = sizes[q * team + me];
+        for (int64_t j = 0; j < m; ++j) {
+          if (j + kAhead < m) PrefetchRow(&table[int64_t(rows[l[j + kAhead].i]) * D], D);
+          const int64_t i = l[j].i, p = l[j].p;
+          if (coefs[i] == 0.f) continue;
+          const int32_t r = rows[i];
+          const float s = cap > 0.f ? std::min(1.f, cap / std::max(count[r], 1.f)) : 1.f;
+          const float* xs = src_is_table ? &src[int64_t(cx[p]) * D] : &src[p * D];
+          Axpy(-lr * s * coefs[i], xs, &table[int64_t(r) * D], D);
+        }
       }
       if (cap > 0.f)
-        for (int64_t j = 0; j < m; j += 2) count[rows[mine[j]]] = 0.f;
+        for (int q = 0; q < team; ++q)
+          for (int64_t j = 0; j < sizes[q * team + me]; ++j)
+            count[rows[lists[q * team + me][j].i]] = 0.f;
     };
     // Pass 2, w_out: u is w_in's row itself for skip-gram (unchanged until
     // pass 3), else the mean in U.
-    apply(tg, wt, K1, coef, one_row ? win : U, one_row, wout);
+    apply(out_lists, out_n, tg, wt, coef, one_row ? win : U, one_row, wout);
 #pragma omp barrier
-    apply(cx, cm, C, cm, G, false, win);                // pass 3: w_in
+    apply(in_lists, in_n, cx, cm, cm, G, false, win);   // pass 3: w_in
   }
 
   double total = 0.0;
@@ -282,7 +452,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Arg<ffi::Buffer<ffi::F32>>()   // ctx_mask [P, C]
         .Arg<ffi::Buffer<ffi::S32>>()   // out [P]
         .Arg<ffi::Buffer<ffi::F32>>()   // mask [P]
-        .Arg<ffi::Buffer<ffi::F32>>()   // uniform [P, K], the noise words' draws
+        .Arg<ffi::Buffer<ffi::F32>>()   // uniform [P, K] (the noise words' draws) or [0, K]
+        .Arg<ffi::Buffer<ffi::U32>>()   // key [2]: the draws' threefry key when uniform is [0, K]
         .Arg<ffi::Buffer<ffi::F32>>()   // cum [V], the noise distribution's cumulative sum
         .Arg<ffi::Buffer<ffi::S32>>()   // cum_index [M + 1], noise_index(cum)
         .Arg<ffi::Buffer<ffi::F32>>()   // lr []

@@ -9,7 +9,8 @@ Within the chunk, as the C word2vec and gensim do (Mikolov et al. 2013):
   - each word is kept with probability vocab.keep_probabilities (subsampling);
   - each kept word draws its window b uniformly from 1..window ("dynamic window");
   - skip-gram (sg=1): every kept word within b of the centre, in the same
-    sentence, gives the pair (input = that context word, output = the centre);
+    sentence, gives the pair (input = that context word, output = the centre),
+    centre by centre;
   - CBOW (sg=0): the centre's context words within b form one example.
 
 Windows do not reach across a chunk boundary (a few pairs per chunk of T words
@@ -56,26 +57,22 @@ class PairStream:
     return chunk[keep], sentence[keep], rng
 
   def examples(self, step: int) -> dict[str, np.ndarray]:
-    """The unpadded examples of `step` (see the module docstring)."""
+    """The unpadded examples of `step` (see the module docstring), centre by
+    centre in corpus order, each centre's context words left to right (the
+    order of the C word2vec and gensim): consecutive skip-gram examples share
+    their output row and most of their input rows, which the fused CPU update
+    then finds in cache."""
     w, s, rng = self._kept_words(step)
     n = len(w)
     b = rng.integers(1, self.window + 1, size=n)
-    if self.sg:
-      inp, out = [], []
-      for o in range(1, self.window + 1):
-        i = np.arange(n - o)
-        same = s[i] == s[i + o]
-        fwd = same & (b[i] >= o)          # centre i, context i + o
-        bwd = same & (b[i + o] >= o)      # centre i + o, context i
-        inp += [w[i + o][fwd], w[i][bwd]]
-        out += [w[i][fwd], w[i + o][bwd]]
-      return {'inp': np.concatenate(inp).astype(np.int32),
-              'out': np.concatenate(out).astype(np.int32), 'words': n}
     offsets = np.concatenate([np.arange(-self.window, 0), np.arange(1, self.window + 1)])
     j = np.arange(n)[:, None] + offsets[None, :]
-    inside = (j >= 0) & (j < n)
     jc = np.clip(j, 0, max(n - 1, 0))
-    valid = inside & (s[jc] == s[:, None]) & (np.abs(offsets)[None, :] <= b[:, None])
+    # Context j of centre i: inside the chunk, in i's sentence, within i's window b[i].
+    valid = (j >= 0) & (j < n) & (s[jc] == s[:, None]) & (np.abs(offsets)[None, :] <= b[:, None])
+    if self.sg:
+      return {'inp': w[jc[valid]].astype(np.int32),
+              'out': np.repeat(w, valid.sum(1)).astype(np.int32), 'words': n}
     has_context = valid.any(1)
     return {'ctx': np.where(valid, w[jc], 0)[has_context].astype(np.int32),
             'ctx_mask': valid[has_context].astype(np.float32),

@@ -129,18 +129,17 @@ def make_update(*, sg: bool, negative: int, noise: np.ndarray, alpha: float, min
     w_in, w_out, t = state['w_in'], state['w_out'], state['step']
     lr = learning_rate(t, total_steps, alpha, min_alpha)
     out, mask = batch['out'], batch['mask']
-    uniform = jax.random.uniform(jax.random.fold_in(base_key, t), (out.shape[0], negative),
-                                 jnp.float32)
+    key = jax.random.fold_in(base_key, t)
     if sg:
       ctx, ctx_mask = batch['inp'][:, None], mask[:, None]
     else:
       ctx, ctx_mask = batch['ctx'], batch['ctx_mask']
-    if fused:
+    if fused:   # the kernel draws jax.random.uniform(key, (P, negative)) itself
       new_in, new_out, loss = sgns_kernel.sgns_update(
-          w_in, w_out, ctx, ctx_mask, out, mask, uniform, cum, cum_index, lr, cap=row_update_cap,
-          threads=threads)
+          w_in, w_out, ctx, ctx_mask, out, mask, key, cum, cum_index, lr, cap=row_update_cap,
+          threads=threads, negative=negative)
     else:
-      neg = negatives_from_uniform(cum, uniform)
+      neg = sample_negatives(key, cum, (out.shape[0], negative))
       targets = jnp.concatenate([out[:, None], neg], axis=1)
       weight = mask[:, None] * jnp.concatenate(
           [jnp.ones_like(mask)[:, None], (neg != out[:, None]).astype(mask.dtype)], axis=1)
