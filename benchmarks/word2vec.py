@@ -81,8 +81,7 @@ def run_jax(corpus_path: str, args, kernel: str) -> dict:
   words, table = vectors.load_word_vectors(workdir)
   return {'words': words, 'vectors': table, 'seconds': results.get('raw_words_per_sec') and
           time.perf_counter() - started, 'raw_words_per_sec': results['raw_words_per_sec'],
-          'effective_words_per_sec': results['effective_words_per_sec'], 'workdir': workdir,
-          'examples_dropped': results['examples_dropped']}
+          'effective_words_per_sec': results['effective_words_per_sec'], 'workdir': workdir}
 
 
 def quality(words, table, args, nouns) -> dict:

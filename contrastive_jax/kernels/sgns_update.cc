@@ -28,14 +28,18 @@
 // mantissa of a float in [1, 2), minus 1. XLA:CPU runs threefry's rounds as a
 // loop that costs as much as the rest of the step; here they vectorise.
 //
-// Four passes over the examples, each thread on its own contiguous range in
+// An example of mask 0 takes no part (sgns.py masks its context weights
+// too). Four passes, each thread on its own contiguous range of examples in
 // passes 0 and 1 and on the rows it owns (a hash of the row) in 2 and 3:
-// (0) the noise words and weights, and each entry filed in the list of
-// (its example's range, its row's owner); (1) everything that reads the old
-// tables: u, the coefficients, the input gradient and the loss, into
-// scratch; (2) the output table's updates; (3) the input table's. An owner
-// applies its rows' updates in example order (its lists in range order), so
-// the result is the same bits for any thread count and from run to run.
+// (0) the range's live examples (mask != 0: a grid of skip-gram slots is
+// mostly masked), their noise words and weights, and each entry filed in the
+// list of (its example's range, its row's owner); (1) everything that reads
+// the old tables: u, the coefficients, the input gradient and the loss, into
+// scratch slots that are contiguous per range; (2) the output table's
+// updates; (3) the input table's. An owner applies its rows' updates in
+// example order (its lists in range order), and the loss is summed in
+// example order, so the result is the same bits for any thread count and
+// from run to run.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -52,10 +56,11 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-// An entry of a table update: element i of the index array (ctx or t, flat)
-// and its example p.
+// An entry of a table update: element i of the update's index and weight
+// arrays, and s, where its source row is (the row of w_in at ctx[s], or row s
+// of a scratch array).
 struct Entry {
-  int32_t i, p;
+  int32_t i, s;
 };
 
 // A dot product of d floats in 16 lanes summed by halves: vectorises, where
@@ -261,24 +266,37 @@ ffi::Error SgnsUpdate(ffi::Buffer<ffi::F32> w_in, ffi::Buffer<ffi::F32> w_out,
   static thread_local std::vector<std::unique_ptr<int32_t[]>> istore;
   static thread_local std::vector<size_t> fsizes, isizes;
   static thread_local std::vector<std::vector<Entry>> out_store, in_store;
-  static thread_local std::vector<int64_t> out_size, in_size;
+  static thread_local std::vector<std::vector<int32_t>> live_store;
+  static thread_local std::vector<std::vector<float>> loss_store;
+  static thread_local std::vector<int64_t> out_size, in_size, live_size;
   float* U = one_row ? nullptr : Scratch(fstore, fsizes, 0, size_t(P * D));
   float* G = Scratch(fstore, fsizes, 1, size_t(P * D));
   float* coef = Scratch(fstore, fsizes, 2, size_t(P * K1));
   float* wt = Scratch(fstore, fsizes, 3, size_t(P * K1));
-  float* loss = Scratch(fstore, fsizes, 4, size_t(P));
   int32_t* tg = Scratch(istore, isizes, 0, size_t(P * K1));
-  // lists[q * team + o]: the entries of range q's examples whose rows thread o owns.
+  // Per thread q: live[q], its range's examples of mask != 0 in order, and
+  // their losses; lists[q * team + o]: the entries of range q's examples
+  // whose rows thread o owns. Sized for the worst case and kept between
+  // calls; written through cursors, without push_back's checks.
   if (int(out_store.size()) < T * T) {
     out_store.resize(T * T);
     in_store.resize(T * T);
     out_size.resize(T * T);
     in_size.resize(T * T);
   }
+  if (int(live_store.size()) < T) {
+    live_store.resize(T);
+    loss_store.resize(T);
+    live_size.resize(T);
+  }
   std::vector<std::vector<Entry>>& out_lists = out_store;
   std::vector<std::vector<Entry>>& in_lists = in_store;
+  std::vector<std::vector<int32_t>>& lives = live_store;
+  std::vector<std::vector<float>>& losses = loss_store;
   int64_t* out_n = out_size.data();
   int64_t* in_n = in_size.data();
+  int64_t* live_n = live_size.data();
+  int used = 1;   // the team's size
 
 #pragma omp parallel num_threads(T)
   {
@@ -287,83 +305,93 @@ ffi::Error SgnsUpdate(ffi::Buffer<ffi::F32> w_in, ffi::Buffer<ffi::F32> w_out,
 #else
     const int me = 0, team = 1;
 #endif
+    if (me == 0) used = team;
     const int64_t lo = P * me / team, hi = P * (me + 1) / team;
-    static thread_local std::vector<float> draws;   // this range's uniforms, kept between calls
+    static thread_local std::vector<float> draws;      // the live examples' uniforms
+    static thread_local std::vector<uint32_t> counter;  // ... and their indices in (P, K)
     std::vector<float> x(K1), e(K1);
 
-    // Pass 0: the noise words, the weights and the entry lists of [lo, hi).
-    // Each list sized for the worst case (kept between calls) and written
-    // through a cursor per owner, without push_back's checks.
+    // Pass 0: the live examples of [lo, hi) (a grid of skip-gram slots is
+    // mostly masked), their noise words and weights, and the entry lists.
+    std::vector<int32_t>& live = lives[me];
+    if (int64_t(live.size()) < hi - lo) live.resize(hi - lo);
+    int64_t nl = 0;
+    for (int64_t p = lo; p < hi; ++p) {   // without a branch on the (random) mask
+      live[nl] = int32_t(p);
+      nl += mk[p] != 0.f;
+    }
+    live_n[me] = nl;
     std::vector<Entry*> out_at(team), in_at(team);
     for (int o = 0; o < team; ++o) {
       std::vector<Entry>& lo_list = out_lists[me * team + o];
       std::vector<Entry>& li_list = in_lists[me * team + o];
-      if (int64_t(lo_list.size()) < (hi - lo) * K1) lo_list.resize((hi - lo) * K1);
-      if (int64_t(li_list.size()) < (hi - lo) * C) li_list.resize((hi - lo) * C);
+      if (int64_t(lo_list.size()) < nl * K1) lo_list.resize(nl * K1);
+      if (int64_t(li_list.size()) < nl * C) li_list.resize(nl * C);
       out_at[o] = lo_list.data();
       in_at[o] = li_list.data();
     }
-    const float* u_lo = given ? un + lo * K : nullptr;
-    if (!given) {   // elements [lo K, hi K) of jax.random.uniform(key, (P, K))
-      draws.resize(size_t((hi - lo) * K));
+    if (!given) {   // the live examples' elements of jax.random.uniform(key, (P, K))
+      draws.resize(size_t(nl * K));
+      counter.resize(size_t(nl * K));
+      for (int64_t j = 0; j < nl; ++j)
+        for (int64_t k = 0; k < K; ++k) counter[j * K + k] = uint32_t(live[j] * K + k);
       float* d = draws.data();
-      const uint32_t first = uint32_t(lo * K), n = uint32_t((hi - lo) * K);
+      const uint32_t* n = counter.data();
 #pragma omp simd
-      for (uint32_t j = 0; j < n; ++j) d[j] = ThreefryUniform(k0, k1, first + j);
-      u_lo = d;
+      for (int64_t j = 0; j < nl * K; ++j) d[j] = ThreefryUniform(k0, k1, n[j]);
     }
-    for (int64_t p = lo; p < hi; ++p) {
+    // Live example j of this range has scratch slot lo + j (tg, wt, coef,
+    // G, U): a range's scratch is contiguous however sparse its live examples.
+    for (int64_t j = 0; j < nl; ++j) {
+      const int64_t p = live[j], slot = lo + j;
       const int32_t o = ob[p];
-      tg[p * K1] = o;
-      wt[p * K1] = mk[p];
-      if (mk[p] == 0.f) {   // padding: no noise words
-        std::fill_n(&tg[p * K1 + 1], K, o);
-        std::fill_n(&wt[p * K1 + 1], K, 0.f);
-      } else {
-        const float* u = u_lo + (p - lo) * K;
-        for (int64_t k = 0; k < K; ++k) {
-          const int32_t n = int32_t(std::min<int64_t>(Draw(cu, ci, M, u[k]), V - 1));
-          tg[p * K1 + 1 + k] = n;
-          wt[p * K1 + 1 + k] = n != o ? mk[p] : 0.f;
-        }
-        for (int64_t k = 0; k < K1; ++k)
-          if (wt[p * K1 + k] != 0.f)
-            *out_at[Owner(tg[p * K1 + k], team)]++ = {int32_t(p * K1 + k), int32_t(p)};
+      const float* u = given ? &un[p * K] : &draws[j * K];
+      int32_t* t = &tg[slot * K1];
+      float* a = &wt[slot * K1];
+      t[0] = o;
+      a[0] = mk[p];
+      for (int64_t k = 0; k < K; ++k) {
+        const int32_t n = int32_t(std::min<int64_t>(Draw(cu, ci, M, u[k]), V - 1));
+        t[1 + k] = n;
+        a[1 + k] = n != o ? mk[p] : 0.f;
       }
-      for (int64_t c = 0; c < C; ++c)
-        if (cm[p * C + c] != 0.f)
-          *in_at[Owner(cx[p * C + c], team)]++ = {int32_t(p * C + c), int32_t(p)};
+      for (int64_t k = 0; k < K1; ++k) {   // appended when the weight is not 0, branch-free
+        Entry*& at = out_at[Owner(t[k], team)];
+        *at = {int32_t(slot * K1 + k), int32_t(one_row ? p : slot)};
+        at += a[k] != 0.f;
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        Entry*& at = in_at[Owner(cx[p * C + c], team)];
+        *at = {int32_t(p * C + c), int32_t(slot)};
+        at += cm[p * C + c] != 0.f;
+      }
     }
     for (int o = 0; o < team; ++o) {
       out_n[me * team + o] = out_at[o] - out_lists[me * team + o].data();
       in_n[me * team + o] = in_at[o] - in_lists[me * team + o].data();
     }
 
-    // Pass 1: per example of [lo, hi), everything that reads the old tables,
-    // with the next example's rows on their way.
-    for (int64_t p = lo; p < hi; ++p) {
-      if (p + 1 < hi) {
-        const int64_t q = p + 1;
+    // Pass 1: per live example, everything that reads the old tables, with
+    // the next one's rows on their way.
+    std::vector<float>& loss = losses[me];
+    if (int64_t(loss.size()) < nl) loss.resize(nl);
+    for (int64_t j = 0; j < nl; ++j) {
+      const int64_t p = live[j], slot = lo + j;
+      if (j + 1 < nl) {
+        const int64_t q = live[j + 1];
         for (int64_t c = 0; c < C; ++c)
           if (cm[q * C + c] != 0.f) PrefetchRow(&win[int64_t(cx[q * C + c]) * D], D);
         for (int64_t k = 0; k < K1; ++k)
-          if (wt[q * K1 + k] != 0.f) PrefetchRow(&wout[int64_t(tg[q * K1 + k]) * D], D);
+          if (wt[(slot + 1) * K1 + k] != 0.f)
+            PrefetchRow(&wout[int64_t(tg[(slot + 1) * K1 + k]) * D], D);
       }
-      float* g = &G[p * D];
-      if (mk[p] == 0.f) {   // padding: pass 3 reads its G only for a context of weight != 0
-        std::fill_n(&coef[p * K1], K1, 0.f);
-        loss[p] = 0.f;
-        bool read = false;
-        for (int64_t c = 0; c < C; ++c) read |= cm[p * C + c] != 0.f;
-        if (read) std::fill(g, g + D, 0.f);
-        continue;
-      }
+      float* g = &G[slot * D];
       std::fill(g, g + D, 0.f);
       const float* u;
       if (one_row) {
         u = &win[int64_t(cx[p]) * D];
       } else {
-        float* acc = &U[p * D];
+        float* acc = &U[slot * D];
         std::fill(acc, acc + D, 0.f);
         float msum = 0.f;
         for (int64_t c = 0; c < C; ++c) {
@@ -375,9 +403,9 @@ ffi::Error SgnsUpdate(ffi::Buffer<ffi::F32> w_in, ffi::Buffer<ffi::F32> w_out,
         for (int64_t i = 0; i < D; ++i) acc[i] *= inv;
         u = acc;
       }
-      const float* a = &wt[p * K1];
-      for (int64_t k = 0; k < K1; ++k)
-        x[k] = a[k] != 0.f ? Dot(u, &wout[int64_t(tg[p * K1 + k]) * D], D) : 0.f;
+      const float* a = &wt[slot * K1];
+      const int32_t* t = &tg[slot * K1];
+      for (int64_t k = 0; k < K1; ++k) x[k] = a[k] != 0.f ? Dot(u, &wout[int64_t(t[k]) * D], D) : 0.f;
       // sigmoid(x) and the loss -log sigmoid(+-x) = softplus(-+x) from one exp.
 #pragma omp simd
       for (int64_t k = 0; k < K1; ++k) e[k] = ExpNonPositive(-std::fabs(x[k]));
@@ -386,11 +414,11 @@ ffi::Error SgnsUpdate(ffi::Buffer<ffi::F32> w_in, ffi::Buffer<ffi::F32> w_out,
         const float sig = x[k] >= 0.f ? 1.f / (1.f + e[k]) : e[k] / (1.f + e[k]);
         const float z = k == 0 ? -x[k] : x[k];
         l += a[k] * (std::max(z, 0.f) + Log1pUnit(e[k]));
-        coef[p * K1 + k] = a[k] * (sig - (k == 0 ? 1.f : 0.f));
+        coef[slot * K1 + k] = a[k] * (sig - (k == 0 ? 1.f : 0.f));
       }
       for (int64_t k = 0; k < K1; ++k)
-        if (a[k] != 0.f) Axpy(coef[p * K1 + k], &wout[int64_t(tg[p * K1 + k]) * D], g, D);
-      loss[p] = l;
+        if (a[k] != 0.f) Axpy(coef[slot * K1 + k], &wout[int64_t(t[k]) * D], g, D);
+      loss[j] = l;
     }
 #pragma omp barrier
 
@@ -415,11 +443,11 @@ ffi::Error SgnsUpdate(ffi::Buffer<ffi::F32> w_in, ffi::Buffer<ffi::F32> w_out,
         const int64_t m = sizes[q * team + me];
         for (int64_t j = 0; j < m; ++j) {
           if (j + kAhead < m) PrefetchRow(&table[int64_t(rows[l[j + kAhead].i]) * D], D);
-          const int64_t i = l[j].i, p = l[j].p;
+          const int64_t i = l[j].i, at = l[j].s;
           if (coefs[i] == 0.f) continue;
           const int32_t r = rows[i];
           const float s = cap > 0.f ? std::min(1.f, cap / std::max(count[r], 1.f)) : 1.f;
-          const float* xs = src_is_table ? &src[int64_t(cx[p]) * D] : &src[p * D];
+          const float* xs = src_is_table ? &src[int64_t(cx[at]) * D] : &src[at * D];
           Axpy(-lr * s * coefs[i], xs, &table[int64_t(r) * D], D);
         }
       }
@@ -435,8 +463,9 @@ ffi::Error SgnsUpdate(ffi::Buffer<ffi::F32> w_in, ffi::Buffer<ffi::F32> w_out,
     apply(in_lists, in_n, cx, cm, cm, G, false, win);   // pass 3: w_in
   }
 
-  double total = 0.0;
-  for (int64_t p = 0; p < P; ++p) total += loss[p];
+  double total = 0.0;   // in example order, whatever the team
+  for (int q = 0; q < used; ++q)
+    for (int64_t j = 0; j < live_n[q]; ++j) total += losses[q][j];
   loss_out->typed_data()[0] = float(total);
   return ffi::Error::Success();
 }

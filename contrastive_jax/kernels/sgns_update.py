@@ -3,10 +3,11 @@
 Why: on the CPU, sgns.py's XLA update spends most of a step gathering and
 scatter-adding table rows, which XLA:CPU does element by element, at a few
 GB/s; the arithmetic (a few dot products and axpys of D floats per example)
-is small. sgns_update.cc does the whole step (gathers, logits, gradients,
-the row-capped scatter-adds) in three passes over the step's examples with
-contiguous row copies, on `threads` OpenMP threads, in place on the donated
-tables. It computes the function that sgns.make_update's XLA body computes,
+is small, and XLA:CPU runs threefry's rounds (the noise words' uniforms) as
+a loop. sgns_update.cc does the whole step (the uniforms, the noise words,
+gathers, logits, gradients, the row-capped scatter-adds) in four passes over
+the step's live examples with contiguous row copies, on `threads` OpenMP
+threads, in place on the donated tables. It computes the function that sgns.make_update's XLA body computes,
 up to float rounding (tests/test_word2vec.py compares them), and the same
 bits for any thread count. benchmarks/NOTES.md has the measurements.
 

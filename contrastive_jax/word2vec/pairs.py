@@ -10,14 +10,17 @@ Within the chunk, as the C word2vec and gensim do (Mikolov et al. 2013):
   - each kept word draws its window b uniformly from 1..window ("dynamic window");
   - skip-gram (sg=1): every kept word within b of the centre, in the same
     sentence, gives the pair (input = that context word, output = the centre),
-    centre by centre;
+    centre by centre, each centre's context left to right (their order);
   - CBOW (sg=0): the centre's context words within b form one example.
 
-Windows do not reach across a chunk boundary (a few pairs per chunk of T words
-are lost). Examples are padded to a fixed `capacity` (the arrays' shape, so
-the update compiles once); a chunk with more is cut and the loss counted as
-`dropped` (the capacity is sized from sampled chunks to make that rare).
-Negatives are drawn on the device (sgns.py).
+The host sends only the chunk's kept words, each with how far its window
+reaches to its left and right inside its sentence (`PairStream.batch`: ids,
+left, right, padded with -1 / 0 to `rows`); `expand` turns them into the
+examples on the device, in the jitted step (sgns.make_update), as a fixed
+[rows, 2 window] grid of (centre, offset) slots with a 0/1 mask. Nothing is
+ever cut to fit a shape, and the host's share of a step is a few vector ops
+on the chunk. Windows do not reach across a chunk boundary (a few pairs per
+chunk of T words are lost). Negatives are drawn on the device (sgns.py).
 """
 
 from __future__ import annotations
@@ -26,26 +29,60 @@ import math
 from typing import Any
 
 import numpy as np
-from absl import logging
 
-ALIGN = 512   # capacity multiple: divisible by any device count up to 512 that is a power of 2
+ALIGN = 512   # rows multiple: divisible by any device count up to 512 that is a power of 2
+
+
+def offsets(window: int) -> np.ndarray:
+  """The grid's columns: context offsets -window..-1, 1..window."""
+  return np.concatenate([np.arange(-window, 0), np.arange(1, window + 1)]).astype(np.int32)
+
+
+def expand(ids, left, right, *, window: int, sg: bool, xp=np) -> dict[str, Any]:
+  """The examples of a batch (`PairStream.batch`'s ids, left, right over R
+  rows), with xp = numpy on the host or jax.numpy in a jitted step.
+
+  Skip-gram: 'inp', 'out', 'mask' over the R x 2 window slots, centre-major
+  (slot (i, o): input ids[i + o], output ids[i], mask 1 when -left[i] <= o <=
+  right[i]). CBOW: 'ctx', 'ctx_mask' [R, 2 window], 'out', 'mask' [R] (mask 1
+  for a centre with any context). Masked slots carry id 0."""
+  rows = ids.shape[0]
+  off = xp.asarray(offsets(window))
+  j = xp.clip(xp.arange(rows, dtype=xp.int32)[:, None] + off[None, :], 0, rows - 1)
+  valid = ((off[None, :] < 0) & (-off[None, :] <= left[:, None])) | (
+      (off[None, :] > 0) & (off[None, :] <= right[:, None]))
+  ctx = xp.where(valid, ids[j], 0).astype(xp.int32)
+  centre = xp.maximum(ids, 0).astype(xp.int32)
+  if sg:
+    return {'inp': ctx.reshape(-1),
+            'out': xp.broadcast_to(centre[:, None], valid.shape).reshape(-1),
+            'mask': valid.reshape(-1).astype(xp.float32)}
+  has_context = valid.any(axis=1)
+  return {'ctx': ctx, 'ctx_mask': valid.astype(xp.float32),
+          'out': xp.where(has_context, centre, 0), 'mask': has_context.astype(xp.float32)}
 
 
 class PairStream:
-  """Batches of (input, output) examples by step, with the iterator interface
-  the shared loop needs (`next`, `state()`, `restore()`)."""
+  """Batches of a step's kept words and their windows' reach (see the module
+  docstring), with the iterator interface the shared loop needs (`next`,
+  `state()`, `restore()`). With several processes each gets its share of the
+  rows (process_index's block of rows / process_count)."""
 
-  def __init__(self, ids: np.ndarray, keep_prob: np.ndarray, *, sg: bool, window: int,
-               tokens_per_step: int, seed: int, start_step: int = 0, capacity: int = 0):
+  def __init__(self, ids: np.ndarray, keep_prob: np.ndarray, *, window: int,
+               tokens_per_step: int, seed: int, start_step: int = 0,
+               process_index: int = 0, process_count: int = 1):
     self.ids, self.keep_prob = ids, np.asarray(keep_prob, np.float64)
-    self.sg, self.window, self.tokens_per_step, self.seed = sg, window, tokens_per_step, seed
+    self.window, self.tokens_per_step, self.seed = window, tokens_per_step, seed
     self.steps_per_epoch = max(1, math.ceil(len(ids) / tokens_per_step))
+    self.rows = int(math.ceil(tokens_per_step / ALIGN) * ALIGN)
+    if self.rows % process_count:
+      raise ValueError(f'{self.rows} rows per step do not split over {process_count} processes; '
+                       'use a process count that divides 512.')
+    self.process_index, self.process_count = process_index, process_count
     self.step = start_step
-    self.dropped = 0
     self.effective_words = 0   # kept words of the batches made by this process
-    self.capacity = capacity or self.estimate_capacity()
 
-  # --- the examples of one step ---------------------------------------------------------
+  # --- the centres of one step ----------------------------------------------------------
   def _kept_words(self, step: int) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
     """(word ids, sentence ids) of the chunk after subsampling, and the step's generator."""
     rng = np.random.default_rng([self.seed, step])
@@ -56,58 +93,45 @@ class PairStream:
     keep = words & (rng.random(len(chunk)) < self.keep_prob[np.where(words, chunk, 0)])
     return chunk[keep], sentence[keep], rng
 
-  def examples(self, step: int) -> dict[str, np.ndarray]:
-    """The unpadded examples of `step` (see the module docstring), centre by
-    centre in corpus order, each centre's context words left to right (the
-    order of the C word2vec and gensim): consecutive skip-gram examples share
-    their output row and most of their input rows, which the fused CPU update
-    then finds in cache."""
+  def centres(self, step: int) -> dict[str, np.ndarray]:
+    """The kept words of `step` ('ids') and how many kept words their windows
+    reach to the left and right without leaving the sentence."""
     w, s, rng = self._kept_words(step)
     n = len(w)
     b = rng.integers(1, self.window + 1, size=n)
-    offsets = np.concatenate([np.arange(-self.window, 0), np.arange(1, self.window + 1)])
-    j = np.arange(n)[:, None] + offsets[None, :]
-    jc = np.clip(j, 0, max(n - 1, 0))
-    # Context j of centre i: inside the chunk, in i's sentence, within i's window b[i].
-    valid = (j >= 0) & (j < n) & (s[jc] == s[:, None]) & (np.abs(offsets)[None, :] <= b[:, None])
-    if self.sg:
-      return {'inp': w[jc[valid]].astype(np.int32),
-              'out': np.repeat(w, valid.sum(1)).astype(np.int32), 'words': n}
-    has_context = valid.any(1)
-    return {'ctx': np.where(valid, w[jc], 0)[has_context].astype(np.int32),
-            'ctx_mask': valid[has_context].astype(np.float32),
-            'out': w[has_context].astype(np.int32), 'words': n}
+    i = np.arange(n)
+    first = np.ones(n, bool)
+    first[1:] = s[1:] != s[:-1]                  # a sentence starts here
+    last = np.ones(n, bool)
+    last[:-1] = first[1:]                        # ... ends here
+    start = np.maximum.accumulate(np.where(first, i, 0))
+    end = np.minimum.accumulate(np.where(last, i, n)[::-1])[::-1]
+    return {'ids': w.astype(np.int32), 'left': np.minimum(b, i - start).astype(np.int32),
+            'right': np.minimum(b, end - i).astype(np.int32)}
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    """The examples of `step` padded (or cut) to `capacity`, with a 0/1 'mask'."""
-    ex = self.examples(step)
-    count, cap = len(ex['out']), self.capacity
-    if count > cap:
-      self.dropped += count - cap
-      logging.warning('Step %d has %d examples, %d over the capacity %d: they are left out '
-                      '(%d so far).', step, count, count - cap, cap, self.dropped)
-    keep = min(count, cap)
-    self.effective_words += ex['words']
-    out: dict[str, np.ndarray] = {}
-    for k, v in ex.items():
-      if k == 'words':
-        continue
-      padded = np.zeros((cap,) + v.shape[1:], v.dtype)
-      padded[:keep] = v[:keep]
+    """centres(step) padded to `rows` (ids -1, reach 0), this process's rows."""
+    c = self.centres(step)
+    n = len(c['ids'])
+    self.effective_words += n
+    out = {}
+    for k, v in c.items():
+      padded = np.full(self.rows, -1 if k == 'ids' else 0, np.int32)
+      padded[:n] = v
       out[k] = padded
-    out['mask'] = (np.arange(cap) < keep).astype(np.float32)
-    # The effective (kept) words of the chunk, as a per-row count that the
-    # step sums (every array of the batch is split over devices by rows).
-    out['words'] = np.zeros(cap, np.float32)
-    out['words'][0] = ex['words']
+    if self.process_count > 1:
+      share = self.rows // self.process_count
+      out = {k: v[self.process_index * share:(self.process_index + 1) * share]
+             for k, v in out.items()}
     return out
 
-  def estimate_capacity(self, samples: int = 16, margin: float = 1.1) -> int:
-    """Examples per step to pad to: the most in `samples` chunks spread over the
-    first epoch, plus `margin`, rounded up to ALIGN."""
-    steps = np.unique(np.linspace(0, self.steps_per_epoch - 1, samples).astype(int))
-    most = max(len(self.examples(int(s))['out']) for s in steps)
-    return int(math.ceil(most * margin / ALIGN) * ALIGN)
+  def examples(self, step: int, sg: bool = True) -> dict[str, np.ndarray]:
+    """The examples of `step` on the host, as `expand` makes them on the
+    device, without the masked slots (for tests and inspection)."""
+    c = self.centres(step)
+    ex = expand(c['ids'], c['left'], c['right'], window=self.window, sg=sg)
+    keep = ex.pop('mask') > 0
+    return {k: v[keep] for k, v in ex.items()}
 
   # --- the iterator the loop drives ----------------------------------------------------
   def __iter__(self) -> 'PairStream':
@@ -119,10 +143,10 @@ class PairStream:
     return batch
 
   def state(self) -> dict[str, Any]:
-    return {'step': self.step, 'capacity': self.capacity}
+    return {'step': self.step, 'rows': self.rows}
 
   def restore(self, state: dict[str, Any]) -> None:
     self.step = int(state['step'])
-    if int(state.get('capacity', self.capacity)) != self.capacity:
-      raise ValueError(f"The checkpoint's batches hold {state['capacity']} examples, this run's "
-                       f'{self.capacity}: resume with the same corpus and config.')
+    if int(state.get('rows', self.rows)) != self.rows:
+      raise ValueError(f"The checkpoint's batches hold {state['rows']} rows, this run's "
+                       f'{self.rows}: resume with the same config.batch_size.')

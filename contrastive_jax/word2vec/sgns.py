@@ -18,8 +18,10 @@ As there, a noise word equal to the example's output word is skipped, and
 CBOW adds the error of the mean to every context word undivided (cbow_mean=1).
 The tables are replicated over the devices and the examples split over them;
 the negatives come from the step's key (threefry, partitionable), so 1 and
-8 devices draw the same ones. On the CPU with one device everything after
-the uniform draws (the noise words included) runs as one fused FFI call
+8 devices draw the same ones. The step's examples come from the batch's
+kept words by pairs.expand, in the jitted step. On the CPU with one device
+everything after that (the uniforms, drawn as jax.random.uniform draws them,
+and the noise words included) runs as one fused FFI call
 (kernels/sgns_update.py), which computes the same function faster than
 XLA:CPU's row gathers and scatters.
 """
@@ -35,6 +37,7 @@ from jax.sharding import Mesh
 
 from contrastive_jax import parallel
 from contrastive_jax.kernels import sgns_update as sgns_kernel
+from contrastive_jax.word2vec import pairs
 
 
 def sgns_loss(u: jax.Array, v: jax.Array, weight: jax.Array) -> jax.Array:
@@ -110,10 +113,12 @@ def use_cpu_kernel(kernel: str, skip_nonfinite: bool = False) -> bool:
 
 def make_update(*, sg: bool, negative: int, noise: np.ndarray, alpha: float, min_alpha: float,
                 total_steps: int, seed: int, mesh: Mesh, skip_nonfinite: bool = False,
-                row_update_cap: float = 0.0, kernel: str = 'auto',
-                threads: int = 0) -> Callable[[Any, dict], tuple[Any, dict]]:
+                row_update_cap: float = 0.0, kernel: str = 'auto', threads: int = 0,
+                window: int = 0) -> Callable[[Any, dict], tuple[Any, dict]]:
   """The jitted `state, metrics = update(state, batch)` (state: init_tables' dict,
-  donated; batch: a PairStream batch split over the mesh's 'data' axis).
+  donated; batch split over the mesh's 'data' axis: a PairStream batch, which
+  pairs.expand turns into the examples with `window`, or the examples
+  themselves, as pairs.expand returns them).
   row_update_cap: see row_scale (the tables' rows of frequent words are hit
   hundreds of times in one step, where Hogwild SGD would see each update
   before the next). kernel: see use_cpu_kernel; threads: the fused kernel's
@@ -128,12 +133,18 @@ def make_update(*, sg: bool, negative: int, noise: np.ndarray, alpha: float, min
   def update(state, batch, cum, cum_index):
     w_in, w_out, t = state['w_in'], state['w_out'], state['step']
     lr = learning_rate(t, total_steps, alpha, min_alpha)
+    if 'ids' in batch:
+      words = (batch['ids'] >= 0).sum()
+      batch = pairs.expand(batch['ids'], batch['left'], batch['right'], window=window, sg=sg,
+                           xp=jnp)
+    else:
+      words = jnp.zeros((), jnp.int32)
     out, mask = batch['out'], batch['mask']
     key = jax.random.fold_in(base_key, t)
     if sg:
       ctx, ctx_mask = batch['inp'][:, None], mask[:, None]
-    else:
-      ctx, ctx_mask = batch['ctx'], batch['ctx_mask']
+    else:   # a masked example's context counts for nothing (row_scale's counts included)
+      ctx, ctx_mask = batch['ctx'], batch['ctx_mask'] * mask[:, None]
     if fused:   # the kernel draws jax.random.uniform(key, (P, negative)) itself
       new_in, new_out, loss = sgns_kernel.sgns_update(
           w_in, w_out, ctx, ctx_mask, out, mask, key, cum, cum_index, lr, cap=row_update_cap,
@@ -151,7 +162,7 @@ def make_update(*, sg: bool, negative: int, noise: np.ndarray, alpha: float, min
       new_in = jnp.where(nonfinite, w_in, new_in)
       new_out = jnp.where(nonfinite, w_out, new_out)
     metrics = {'loss': loss / examples, 'lr': lr, 'examples': mask.sum(),
-               'effective_words': batch['words'].sum(), 'nonfinite': nonfinite.astype(jnp.float32)}
+               'effective_words': words, 'nonfinite': nonfinite.astype(jnp.float32)}
     return {'w_in': new_in, 'w_out': new_out, 'step': t + 1}, metrics
 
   rep = parallel.replicated(mesh)

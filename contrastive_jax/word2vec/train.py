@@ -33,14 +33,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   started = time.monotonic()
   vocab, ids = corpus.build(config.corpus, config.min_count, workdir)
   keep = vocab_lib.keep_probabilities(vocab.counts, config.sample)
-  stream = pairs.PairStream(ids, keep, sg=bool(config.sg), window=config.window,
-                            tokens_per_step=config.batch_size, seed=config.seed,
-                            start_step=run.start_step)
+  stream = pairs.PairStream(ids, keep, window=config.window, tokens_per_step=config.batch_size,
+                            seed=config.seed, start_step=run.start_step,
+                            process_index=jax.process_index(), process_count=jax.process_count())
   total_steps = config.total_steps or config.num_epochs * stream.steps_per_epoch
   logging.info('Vocabulary %d words (min_count %d) of %d raw words; %d ids per epoch in %d '
-               'steps of %d examples; read in %.1fs.', vocab.size, config.min_count,
-               vocab.raw_words, len(ids), stream.steps_per_epoch, stream.capacity,
-               time.monotonic() - started)
+               'steps; read in %.1fs.', vocab.size, config.min_count, vocab.raw_words, len(ids),
+               stream.steps_per_epoch, time.monotonic() - started)
 
   state = run.init_or_resume(
       lambda: sgns.init_tables(vocab.size, config.vector_size, config.seed, run.mesh),
@@ -51,7 +50,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       alpha=config.alpha, min_alpha=config.min_alpha, total_steps=total_steps,
       seed=config.seed, mesh=run.mesh, skip_nonfinite=config.nan_policy == 'skip_step',
       row_update_cap=config.row_update_cap, kernel=config.update_kernel,
-      threads=config.kernel_threads)
+      threads=config.kernel_threads, window=config.window)
   raw_per_step = vocab.raw_words / stream.steps_per_epoch
   logging.info('word2vec (%s) for %d steps, %d words each, on %d devices (%s update).',
                'skip-gram' if config.sg else 'CBOW', total_steps, config.batch_size,
@@ -63,8 +62,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                           unit='words')
 
   results: dict[str, Any] = {'step': step, 'preempted': run.preempted, **run.last_metrics,
-                             'vocab_size': vocab.size, 'raw_words_per_epoch': vocab.raw_words,
-                             'examples_dropped': stream.dropped}
+                             'vocab_size': vocab.size, 'raw_words_per_epoch': vocab.raw_words}
   if run.train_seconds > 0 and step > start_step:
     results['raw_words_per_sec'] = (step - start_step) * raw_per_step / run.train_seconds
     results['effective_words_per_sec'] = stream.effective_words / run.train_seconds
