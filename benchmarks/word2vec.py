@@ -137,10 +137,11 @@ def main() -> None:
   if not args.skip_gensim:
     systems['gensim'] = run_gensim(sentences, args)
   kernels = args.kernels.split(',')
-  for kernel in kernels:
-    systems['jax' if len(kernels) == 1 else f'jax_{kernel}'] = run_jax(corpus_path, args, kernel)
+  names = ['jax'] if len(kernels) == 1 else [f'jax_{k}' for k in kernels]
+  for name, kernel in zip(names, kernels):
+    systems[name] = run_jax(corpus_path, args, kernel)
   rng = np.random.default_rng(0)
-  jax_words = systems['jax' if len(kernels) == 1 else f'jax_{kernels[0]}']['words']
+  jax_words = systems[names[0]]['words']
   random_table = (rng.random((len(jax_words), args.vector_size), np.float32) - 0.5)
   for name, s in systems.items():
     s.update(quality(s['words'], s['vectors'], args, nouns))

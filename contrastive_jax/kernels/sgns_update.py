@@ -7,9 +7,10 @@ is small, and XLA:CPU runs threefry's rounds (the noise words' uniforms) as
 a loop. sgns_update.cc does the whole step (the uniforms, the noise words,
 gathers, logits, gradients, the row-capped scatter-adds) in four passes over
 the step's live examples with contiguous row copies, on `threads` OpenMP
-threads, in place on the donated tables. It computes the function that sgns.make_update's XLA body computes,
-up to float rounding (tests/test_word2vec.py compares them), and the same
-bits for any thread count. benchmarks/NOTES.md has the measurements.
+threads, in place on the donated tables. It computes the function that
+sgns.make_update's XLA body computes, up to float rounding
+(tests/test_word2vec.py compares them), and the same bits for any thread
+count. benchmarks/NOTES.md has the measurements.
 
 When it is used: sgns.make_update(kernel='auto') takes it on the CPU backend
 with one device when it builds (g++ and jax.ffi; compiled on first use into

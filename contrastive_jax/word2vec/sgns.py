@@ -56,13 +56,10 @@ def learning_rate(step: jax.Array, total_steps: int, alpha: float, min_alpha: fl
 
 def sample_negatives(key: jax.Array, cum: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   """Word ids with P(i) = cum[i] - cum[i - 1] (cum: the noise distribution's
-  cumulative sum, float32 [V], last entry 1)."""
-  return negatives_from_uniform(cum, jax.random.uniform(key, shape, jnp.float32))
-
-
-def negatives_from_uniform(cum: jax.Array, u: jax.Array) -> jax.Array:
-  """The inverse CDF: the first index with cum[index] > u (the fused kernel
-  draws the same way from the same u)."""
+  cumulative sum, float32 [V], last entry 1), by inverse CDF: the first index
+  with cum[index] > u for u = jax.random.uniform(key, shape) (the fused kernel
+  draws the same u and the same way)."""
+  u = jax.random.uniform(key, shape, jnp.float32)
   return jnp.minimum(jnp.searchsorted(cum, u, side='right'), cum.shape[0] - 1).astype(jnp.int32)
 
 
@@ -134,6 +131,9 @@ def make_update(*, sg: bool, negative: int, noise: np.ndarray, alpha: float, min
     w_in, w_out, t = state['w_in'], state['w_out'], state['step']
     lr = learning_rate(t, total_steps, alpha, min_alpha)
     if 'ids' in batch:
+      if window < 1:
+        raise ValueError(f'make_update(window={window}) got a PairStream batch: pass the '
+                         "stream's window (config.window) to expand its examples.")
       words = (batch['ids'] >= 0).sum()
       batch = pairs.expand(batch['ids'], batch['left'], batch['right'], window=window, sg=sg,
                            xp=jnp)
