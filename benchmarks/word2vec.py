@@ -3,6 +3,7 @@ r"""word2vec in JAX against gensim on the same corpus and hyperparameters.
   python benchmarks/word2vec.py                        # every WordNet gloss, 5 epochs, skip-gram
   python benchmarks/word2vec.py --epochs 1 --quick     # a short check (a tenth of the glosses)
   python benchmarks/word2vec.py --kernels auto,xla       # the fused CPU kernel beside the XLA update
+  python benchmarks/word2vec.py --substeps 1,4          # a step as 1 and as 4 sequential updates
 
 1. The corpus: every WordNet 3.0 gloss (contrastive_jax.data.wordnet.all_glosses,
    about 1.46M words), tokenised by contrastive_jax.word2vec.vocab.tokenize; gensim
@@ -14,8 +15,9 @@ r"""word2vec in JAX against gensim on the same corpus and hyperparameters.
 3. `contrastive_jax.word2vec.train.train_and_evaluate` in a fresh workdir with
    the same settings (the binary's code path, compile time included in its
    timing), once per --kernels value (config.update_kernel: 'auto' takes the
-   fused CPU kernel on one CPU device, 'xla' the XLA update); its words/s are
-   the run's raw and effective words over the loop's time.
+   fused CPU kernel on one CPU device, 'xla' the XLA update) and --substeps
+   value (config.substeps); its words/s are the run's raw and effective words
+   over the loop's time.
 4. Both sets of vectors through the same evaluation (contrastive_jax.word2vec.evaluate):
    WordSim-353 and SimLex-999 Spearman, 3CosAdd analogy accuracy over the
    --restrict-vocab most frequent words, OOV rates; and downstream, averaged
@@ -65,13 +67,14 @@ def run_gensim(sentences, args) -> dict:
               evaluate.benchmark_path('ws353'))[1].statistic)}
 
 
-def run_jax(corpus_path: str, args, kernel: str) -> dict:
+def run_jax(corpus_path: str, args, kernel: str, substeps: int) -> dict:
   config = w2v_config.get_config('' if args.sg else 'cbow')
   config.corpus.source, config.corpus.path = 'text', corpus_path
   for key in ('vector_size', 'window', 'negative', 'min_count', 'sample', 'seed', 'sg'):
     config[key] = getattr(args, key)
   config.num_epochs, config.batch_size = args.epochs, args.batch
   config.row_update_cap, config.update_kernel = args.row_update_cap, kernel
+  config.substeps = substeps
   config.log_every_steps, config.checkpoint_every_steps = 20, 10**9
   config.eval.intrinsic = False
   workdir = tempfile.mkdtemp(prefix='w2v_bench_')
@@ -107,6 +110,8 @@ def main() -> None:
                       help='corpus words per JAX step')
   parser.add_argument('--row-update-cap', dest='row_update_cap', type=float,
                       default=w2v_config.get_config().row_update_cap)
+  parser.add_argument('--substeps', default=str(w2v_config.get_config().substeps),
+                      help='config.substeps values to run ours with, comma-separated')
   parser.add_argument('--workers', type=int, default=2, help="gensim's worker threads")
   parser.add_argument('--restrict-vocab', dest='restrict_vocab', type=int, default=30000)
   parser.add_argument('--quick', action='store_true', help='a tenth of the glosses')
@@ -136,10 +141,11 @@ def main() -> None:
   systems = {}
   if not args.skip_gensim:
     systems['gensim'] = run_gensim(sentences, args)
-  kernels = args.kernels.split(',')
-  names = ['jax'] if len(kernels) == 1 else [f'jax_{k}' for k in kernels]
-  for name, kernel in zip(names, kernels):
-    systems[name] = run_jax(corpus_path, args, kernel)
+  runs = [(k, int(s)) for k in args.kernels.split(',') for s in args.substeps.split(',')]
+  names = ['jax' + (f'_{k}' if ',' in args.kernels else '') + (f'_s{s}' if ',' in args.substeps
+                                                                else '') for k, s in runs]
+  for name, (kernel, substeps) in zip(names, runs):
+    systems[name] = run_jax(corpus_path, args, kernel, substeps)
   rng = np.random.default_rng(0)
   jax_words = systems[names[0]]['words']
   random_table = (rng.random((len(jax_words), args.vector_size), np.float32) - 0.5)

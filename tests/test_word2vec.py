@@ -62,7 +62,7 @@ def test_keep_probabilities_match_the_formula():
   ids = np.repeat(np.arange(5, dtype=np.int32), 20_000)
   keep = np.array([0.1, 0.5, 0.9, 1.0, 1.0])
   stream = pairs.PairStream(ids, keep, window=2, tokens_per_step=len(ids), seed=3)
-  kept, _, _ = stream._kept_words(0)  # pylint: disable=protected-access
+  kept = stream._kept_words(0)[0]  # pylint: disable=protected-access
   rate = np.bincount(kept, minlength=5) / 20_000
   np.testing.assert_allclose(rate, keep, atol=4 * np.sqrt(0.25 / 20_000))
 
@@ -139,6 +139,43 @@ def test_update_sums_repeated_rows_like_float64_numpy(kernel):
   assert float(metrics['examples']) == 7 and int(state['step']) == 1
 
 
+@pytest.mark.parametrize('kernel', ['xla', 'cpu'])
+def test_substeps_apply_their_blocks_one_after_the_other(kernel):
+  """make_update(substeps=3) on one batch = three plain steps on its three
+  blocks in turn (one noise word and a constant rate make the steps' draws
+  and rates equal), and differs from the one summed update."""
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  num_words, noise_word = 12, 11
+  noise = np.eye(num_words)[noise_word]
+  rng = np.random.default_rng(2)
+  batch = {'inp': rng.integers(0, 11, 96).astype(np.int32),
+           'out': rng.integers(0, 11, 96).astype(np.int32),
+           'mask': (rng.random(96) < 0.8).astype(np.float32)}
+  kw = dict(sg=True, negative=2, noise=noise, alpha=0.3, min_alpha=0.3, total_steps=10, seed=0,
+            mesh=mesh, kernel=kernel, row_update_cap=3.0)
+
+  def start():
+    state = sgns.init_tables(num_words, 8, seed=0, mesh=mesh)
+    state['w_out'] = parallel.replicate(rng.normal(size=(num_words, 8)).astype(np.float32), mesh)
+    return state
+
+  first = start()
+  w_out0 = np.asarray(first['w_out'])
+  fresh = lambda: {**start(), 'w_out': parallel.replicate(w_out0, mesh)}
+  sub, _ = sgns.make_update(substeps=3, **kw)(first, parallel.global_batch(batch, mesh))
+  seq, whole = fresh(), fresh()
+  plain = sgns.make_update(**kw)
+  for b in range(3):
+    block = {k: v[32 * b:32 * (b + 1)] for k, v in batch.items()}
+    seq, _ = plain(seq, parallel.global_batch(block, mesh))
+  whole, _ = plain(whole, parallel.global_batch(batch, mesh))
+  for k in ('w_in', 'w_out'):
+    np.testing.assert_allclose(np.asarray(sub[k]), np.asarray(seq[k]), rtol=1e-5, atol=1e-6)
+    assert np.abs(np.asarray(sub[k]) - np.asarray(whole[k])).max() > 1e-3
+  with pytest.raises(ValueError, match='substeps=5'):
+    sgns.make_update(substeps=5, **kw)(fresh(), parallel.global_batch(batch, mesh))
+
+
 def test_row_scale_caps_rows_hit_more_than_cap_times():
   idx = np.array([0, 0, 0, 0, 1, 2, 2])
   scale = sgns.row_scale(idx, np.ones(7, np.float32), 3, cap=2.0)
@@ -193,12 +230,45 @@ def test_examples_expand_the_same_on_eight_devices_as_on_the_host():
     for k, v in host.items():
       np.testing.assert_array_equal(np.asarray(dev[k])[keep], v)
   # The reference: kept words, their sentences and windows, by a plain loop.
-  w, sent, step_rng = stream._kept_words(2)  # pylint: disable=protected-access
+  w, sent, _, step_rng = stream._kept_words(2)  # pylint: disable=protected-access
   b = step_rng.integers(1, 4, size=len(w))
   want = [(w[j], w[i]) for i in range(len(w)) for j in range(i - b[i], i + b[i] + 1)
           if j != i and 0 <= j < len(w) and sent[j] == sent[i]]
   got = stream.examples(2)
   assert list(zip(got['inp'].tolist(), got['out'].tolist())) == [(int(a), int(c)) for a, c in want]
+
+
+def test_substeps_lay_out_their_sub_chunks_in_blocks():
+  """PairStream(substeps=4): sub-chunk b's kept words fill block b of the
+  rows, windows stop at sub-chunk edges as at sentence ends (a direct loop),
+  the chunk's subsampling and windows are those of substeps=1, and a
+  checkpoint of another substeps is refused."""
+  rng = np.random.default_rng(3)
+  ids = rng.integers(0, 40, 5000).astype(np.int32)
+  ids[rng.random(5000) < 0.05] = -1
+  keep = np.full(40, 0.7)
+  kw = dict(window=3, tokens_per_step=2000, seed=0)
+  one, four = pairs.PairStream(ids, keep, **kw), pairs.PairStream(ids, keep, substeps=4, **kw)
+  assert four.rows == 2048 and four.block_rows == 512
+  c1, c4 = one.centres(1), four.centres(1)
+  np.testing.assert_array_equal(c1['ids'], c4['ids'])
+  batch = four.batch(1)
+  for b in range(4):
+    rows = batch['ids'][512 * b:512 * (b + 1)]
+    np.testing.assert_array_equal(rows[rows >= 0], c4['ids'][c4['block'] == b])
+    assert np.all(rows[(rows >= 0).sum():] == -1)
+  w, sent, block, step_rng = four._kept_words(1)  # pylint: disable=protected-access
+  assert np.all(np.diff(block) >= 0) and set(block.tolist()) == {0, 1, 2, 3}
+  reach = step_rng.integers(1, 4, size=len(w))
+  want = [(w[j], w[i]) for i in range(len(w)) for j in range(i - reach[i], i + reach[i] + 1)
+          if j != i and 0 <= j < len(w) and sent[j] == sent[i] and block[j] == block[i]]
+  ex = pairs.expand(batch['ids'], batch['left'], batch['right'], window=3, sg=True)
+  live = ex['mask'] > 0
+  assert list(zip(ex['inp'][live].tolist(), ex['out'][live].tolist())) == [
+      (int(a), int(c)) for a, c in want]
+  assert len(want) < len(one.examples(1)['inp'])        # the edges cut a few pairs
+  with pytest.raises(ValueError, match='substeps'):
+    four.restore(one.state())
 
 
 def test_processes_split_a_steps_rows():
@@ -215,35 +285,39 @@ def test_processes_split_a_steps_rows():
 
 # --- devices, the binary, resume, gensim ----------------------------------------------
 
-def _train_steps(devices, batches, noise, sg=True, cap=4.0, alpha=0.025, window=3, **kernel):
+def _train_steps(devices, batches, noise, sg=True, cap=4.0, alpha=0.025, window=3, substeps=1,
+                 **kernel):
   mesh = parallel.make_mesh(devices)
   state = sgns.init_tables(len(noise), 8, seed=0, mesh=mesh)
   update = sgns.make_update(sg=sg, negative=3, noise=noise, alpha=alpha, min_alpha=1e-4,
                             total_steps=len(batches), seed=0, mesh=mesh, row_update_cap=cap,
-                            window=window, **kernel)
+                            window=window, substeps=substeps, **kernel)
   for b in batches:
     state, _ = update(state, parallel.global_batch(b, mesh))
   return np.asarray(state['w_in']), np.asarray(state['w_out'])
 
 
-def test_one_and_eight_devices_give_the_same_vectors():
+@pytest.mark.parametrize('substeps', [1, 4])
+def test_one_and_eight_devices_give_the_same_vectors(substeps):
   assert jax.device_count() == 8, 'conftest.py sets 8 CPU devices'
   rng = np.random.default_rng(0)
   ids = rng.integers(0, 50, 6000).astype(np.int32)
   counts = np.bincount(ids, minlength=50)
   stream = pairs.PairStream(ids, vocab_lib.keep_probabilities(counts, 1e-2), window=3,
-                            tokens_per_step=1000, seed=0)
+                            tokens_per_step=1000, seed=0, substeps=substeps)
   batches = [stream.batch(s) for s in range(6)]
   noise = vocab_lib.noise_distribution(counts, 0.75)
-  one = _train_steps(jax.devices()[:1], batches, noise)
-  eight = _train_steps(jax.devices(), batches, noise)
+  one = _train_steps(jax.devices()[:1], batches, noise, substeps=substeps)
+  eight = _train_steps(jax.devices(), batches, noise, substeps=substeps)
   for a, b in zip(one, eight):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   assert np.abs(one[1]).max() > 0
 
 
-@pytest.mark.parametrize('sg,cap,alpha', [(True, 4.0, 0.1), (True, 0.0, 0.01), (False, 4.0, 0.1)])
-def test_fused_cpu_kernel_computes_the_xla_update(sg, cap, alpha):
+@pytest.mark.parametrize('sg,cap,alpha,substeps', [(True, 4.0, 0.1, 1), (True, 0.0, 0.01, 1),
+                                                   (False, 4.0, 0.1, 1), (True, 4.0, 0.1, 3),
+                                                   (False, 4.0, 0.1, 2)])
+def test_fused_cpu_kernel_computes_the_xla_update(sg, cap, alpha, substeps):
   """kernels/sgns_update.cc against the XLA update over several steps (alpha
   as large as keeps 40 words' rows, each hit hundreds of times a step, from
   diverging), and the same bits for 1 and 3 threads (each row's updates are
@@ -253,11 +327,12 @@ def test_fused_cpu_kernel_computes_the_xla_update(sg, cap, alpha):
   ids[rng.random(4000) < 0.05] = -1                        # sentence breaks
   counts = np.bincount(ids[ids >= 0], minlength=40)
   stream = pairs.PairStream(ids, vocab_lib.keep_probabilities(counts, 1e-2), window=3,
-                            tokens_per_step=800, seed=0)
+                            tokens_per_step=800, seed=0, substeps=substeps)
   batches = [stream.batch(s) for s in range(5)]
   noise = vocab_lib.noise_distribution(counts, 0.75)
   device = jax.devices()[:1]
-  run = lambda **kw: _train_steps(device, batches, noise, sg=sg, cap=cap, alpha=alpha, **kw)
+  run = lambda **kw: _train_steps(device, batches, noise, sg=sg, cap=cap, alpha=alpha,
+                                  substeps=substeps, **kw)
   xla, one, three = run(kernel='xla'), run(kernel='cpu', threads=1), run(kernel='cpu', threads=3)
   init = _train_steps(device, [], noise)
   for a, b, c, start in zip(xla, one, three, init):

@@ -28,16 +28,23 @@
 // mantissa of a float in [1, 2), minus 1. XLA:CPU runs threefry's rounds as a
 // loop that costs as much as the rest of the step; here they vectorise.
 //
+// With `substeps` S > 1 the examples are S consecutive blocks, [P s / S,
+// P (s + 1) / S), and the step is S such updates in turn, each at the tables
+// the one before left (the same learning rate; the row counts per block):
+// smaller updates in sequence, closer to word2vec's example-by-example SGD,
+// at the cost of one call. Every pass below runs per block.
+//
 // An example of mask 0 takes no part (sgns.py masks its context weights
-// too). Four passes, each thread on its own contiguous range of examples in
-// passes 0 and 1 and on the rows it owns (a hash of the row) in 2 and 3:
-// (0) the range's live examples (mask != 0: a grid of skip-gram slots is
-// mostly masked), their noise words and weights, and each entry filed in the
-// list of (its example's range, its row's owner); (1) everything that reads
-// the old tables: u, the coefficients, the input gradient and the loss, into
-// scratch slots that are contiguous per range; (2) the output table's
-// updates; (3) the input table's. An owner applies its rows' updates in
-// example order (its lists in range order), and the loss is summed in
+// too). Four passes, each thread on an equal share of the live examples
+// (consecutive in example order) in passes 0 and 1 and on the rows it owns
+// (a hash of the row) in 2 and 3: (0) the live examples (mask != 0: a grid
+// of skip-gram slots is mostly masked, its padding at the end), shared out,
+// their noise words and weights, and each entry filed in the list of (its
+// example's share, its row's owner); (1) everything that reads the old
+// tables: u, the coefficients, the input gradient and the loss, into scratch
+// slots indexed by the example's rank among the live ones; (2) the output
+// table's updates; (3) the input table's. An owner applies its rows' updates
+// in example order (its lists in share order), and the loss is summed in
 // example order, so the result is the same bits for any thread count and
 // from run to run.
 #include <algorithm>
@@ -214,7 +221,7 @@ ffi::Error SgnsUpdate(ffi::Buffer<ffi::F32> w_in, ffi::Buffer<ffi::F32> w_out,
                       ffi::Buffer<ffi::F32> cum, ffi::Buffer<ffi::S32> cum_index,
                       ffi::Buffer<ffi::F32> lr_buf, ffi::ResultBuffer<ffi::F32> new_in,
                       ffi::ResultBuffer<ffi::F32> new_out, ffi::ResultBuffer<ffi::F32> loss_out,
-                      float cap, int64_t threads) {
+                      float cap, int64_t threads, int64_t substeps) {
   const auto tdims = w_in.dimensions();
   if (tdims.size() != 2 || w_out.dimensions().size() != 2 ||
       w_out.dimensions()[0] != tdims[0] || w_out.dimensions()[1] != tdims[1]) {
@@ -231,6 +238,7 @@ ffi::Error SgnsUpdate(ffi::Buffer<ffi::F32> w_in, ffi::Buffer<ffi::F32> w_out,
         "SgnsUpdate: ctx, ctx_mask [P, C]; out, mask [P]; uniform [P, K] or [0, K]; key [2]; "
         "cum [V]");
   }
+  if (substeps < 1) return ffi::Error::InvalidArgument("SgnsUpdate: substeps must be >= 1");
   if (P * std::max(K1, C) >= (int64_t(1) << 31)) {
     return ffi::Error::InvalidArgument("SgnsUpdate: P (K + 1) and P C must be below 2^31");
   }
@@ -268,12 +276,14 @@ ffi::Error SgnsUpdate(ffi::Buffer<ffi::F32> w_in, ffi::Buffer<ffi::F32> w_out,
   static thread_local std::vector<std::vector<Entry>> out_store, in_store;
   static thread_local std::vector<std::vector<int32_t>> live_store;
   static thread_local std::vector<std::vector<float>> loss_store;
-  static thread_local std::vector<int64_t> out_size, in_size, live_size;
-  float* U = one_row ? nullptr : Scratch(fstore, fsizes, 0, size_t(P * D));
-  float* G = Scratch(fstore, fsizes, 1, size_t(P * D));
-  float* coef = Scratch(fstore, fsizes, 2, size_t(P * K1));
-  float* wt = Scratch(fstore, fsizes, 3, size_t(P * K1));
-  int32_t* tg = Scratch(istore, isizes, 0, size_t(P * K1));
+  static thread_local std::vector<int64_t> out_size, in_size, live_size, found_size;
+  const int64_t S = substeps, B = (P + S - 1) / S;   // the largest block
+  float* U = one_row ? nullptr : Scratch(fstore, fsizes, 0, size_t(B * D));
+  float* G = Scratch(fstore, fsizes, 1, size_t(B * D));
+  float* coef = Scratch(fstore, fsizes, 2, size_t(B * K1));
+  float* wt = Scratch(fstore, fsizes, 3, size_t(B * K1));
+  int32_t* tg = Scratch(istore, isizes, 0, size_t(B * K1));
+  int32_t* order = Scratch(istore, isizes, 1, size_t(B));   // a block's live examples
   // Per thread q: live[q], its range's examples of mask != 0 in order, and
   // their losses; lists[q * team + o]: the entries of range q's examples
   // whose rows thread o owns. Sized for the worst case and kept between
@@ -288,6 +298,7 @@ ffi::Error SgnsUpdate(ffi::Buffer<ffi::F32> w_in, ffi::Buffer<ffi::F32> w_out,
     live_store.resize(T);
     loss_store.resize(T);
     live_size.resize(T);
+    found_size.resize(T);
   }
   std::vector<std::vector<Entry>>& out_lists = out_store;
   std::vector<std::vector<Entry>>& in_lists = in_store;
@@ -296,7 +307,8 @@ ffi::Error SgnsUpdate(ffi::Buffer<ffi::F32> w_in, ffi::Buffer<ffi::F32> w_out,
   int64_t* out_n = out_size.data();
   int64_t* in_n = in_size.data();
   int64_t* live_n = live_size.data();
-  int used = 1;   // the team's size
+  int64_t* found_n = found_size.data();
+  double total = 0.0;   // the loss, in example order whatever the team
 
 #pragma omp parallel num_threads(T)
   {
@@ -305,167 +317,186 @@ ffi::Error SgnsUpdate(ffi::Buffer<ffi::F32> w_in, ffi::Buffer<ffi::F32> w_out,
 #else
     const int me = 0, team = 1;
 #endif
-    if (me == 0) used = team;
-    const int64_t lo = P * me / team, hi = P * (me + 1) / team;
     static thread_local std::vector<float> draws;      // the live examples' uniforms
     static thread_local std::vector<uint32_t> counter;  // ... and their indices in (P, K)
-    std::vector<float> x(K1), e(K1);
-
-    // Pass 0: the live examples of [lo, hi) (a grid of skip-gram slots is
-    // mostly masked), their noise words and weights, and the entry lists.
-    std::vector<int32_t>& live = lives[me];
-    if (int64_t(live.size()) < hi - lo) live.resize(hi - lo);
-    int64_t nl = 0;
-    for (int64_t p = lo; p < hi; ++p) {   // without a branch on the (random) mask
-      live[nl] = int32_t(p);
-      nl += mk[p] != 0.f;
-    }
-    live_n[me] = nl;
-    std::vector<Entry*> out_at(team), in_at(team);
-    for (int o = 0; o < team; ++o) {
-      std::vector<Entry>& lo_list = out_lists[me * team + o];
-      std::vector<Entry>& li_list = in_lists[me * team + o];
-      if (int64_t(lo_list.size()) < nl * K1) lo_list.resize(nl * K1);
-      if (int64_t(li_list.size()) < nl * C) li_list.resize(nl * C);
-      out_at[o] = lo_list.data();
-      in_at[o] = li_list.data();
-    }
-    if (!given) {   // the live examples' elements of jax.random.uniform(key, (P, K))
-      draws.resize(size_t(nl * K));
-      counter.resize(size_t(nl * K));
-      for (int64_t j = 0; j < nl; ++j)
-        for (int64_t k = 0; k < K; ++k) counter[j * K + k] = uint32_t(live[j] * K + k);
-      float* d = draws.data();
-      const uint32_t* n = counter.data();
-#pragma omp simd
-      for (int64_t j = 0; j < nl * K; ++j) d[j] = ThreefryUniform(k0, k1, n[j]);
-    }
-    // Live example j of this range has scratch slot lo + j (tg, wt, coef,
-    // G, U): a range's scratch is contiguous however sparse its live examples.
-    for (int64_t j = 0; j < nl; ++j) {
-      const int64_t p = live[j], slot = lo + j;
-      const int32_t o = ob[p];
-      const float* u = given ? &un[p * K] : &draws[j * K];
-      int32_t* t = &tg[slot * K1];
-      float* a = &wt[slot * K1];
-      t[0] = o;
-      a[0] = mk[p];
-      for (int64_t k = 0; k < K; ++k) {
-        const int32_t n = int32_t(std::min<int64_t>(Draw(cu, ci, M, u[k]), V - 1));
-        t[1 + k] = n;
-        a[1 + k] = n != o ? mk[p] : 0.f;
-      }
-      for (int64_t k = 0; k < K1; ++k) {   // appended when the weight is not 0, branch-free
-        Entry*& at = out_at[Owner(t[k], team)];
-        *at = {int32_t(slot * K1 + k), int32_t(one_row ? p : slot)};
-        at += a[k] != 0.f;
-      }
-      for (int64_t c = 0; c < C; ++c) {
-        Entry*& at = in_at[Owner(cx[p * C + c], team)];
-        *at = {int32_t(p * C + c), int32_t(slot)};
-        at += cm[p * C + c] != 0.f;
-      }
-    }
-    for (int o = 0; o < team; ++o) {
-      out_n[me * team + o] = out_at[o] - out_lists[me * team + o].data();
-      in_n[me * team + o] = in_at[o] - in_lists[me * team + o].data();
-    }
-
-    // Pass 1: per live example, everything that reads the old tables, with
-    // the next one's rows on their way.
-    std::vector<float>& loss = losses[me];
-    if (int64_t(loss.size()) < nl) loss.resize(nl);
-    for (int64_t j = 0; j < nl; ++j) {
-      const int64_t p = live[j], slot = lo + j;
-      if (j + 1 < nl) {
-        const int64_t q = live[j + 1];
-        for (int64_t c = 0; c < C; ++c)
-          if (cm[q * C + c] != 0.f) PrefetchRow(&win[int64_t(cx[q * C + c]) * D], D);
-        for (int64_t k = 0; k < K1; ++k)
-          if (wt[(slot + 1) * K1 + k] != 0.f)
-            PrefetchRow(&wout[int64_t(tg[(slot + 1) * K1 + k]) * D], D);
-      }
-      float* g = &G[slot * D];
-      std::fill(g, g + D, 0.f);
-      const float* u;
-      if (one_row) {
-        u = &win[int64_t(cx[p]) * D];
-      } else {
-        float* acc = &U[slot * D];
-        std::fill(acc, acc + D, 0.f);
-        float msum = 0.f;
-        for (int64_t c = 0; c < C; ++c) {
-          const float m = cm[p * C + c];
-          msum += m;
-          if (m != 0.f) Axpy(m, &win[int64_t(cx[p * C + c]) * D], acc, D);
-        }
-        const float inv = 1.f / std::max(msum, 1.f);
-        for (int64_t i = 0; i < D; ++i) acc[i] *= inv;
-        u = acc;
-      }
-      const float* a = &wt[slot * K1];
-      const int32_t* t = &tg[slot * K1];
-      for (int64_t k = 0; k < K1; ++k) x[k] = a[k] != 0.f ? Dot(u, &wout[int64_t(t[k]) * D], D) : 0.f;
-      // sigmoid(x) and the loss -log sigmoid(+-x) = softplus(-+x) from one exp.
-#pragma omp simd
-      for (int64_t k = 0; k < K1; ++k) e[k] = ExpNonPositive(-std::fabs(x[k]));
-      float l = 0.f;
-      for (int64_t k = 0; k < K1; ++k) {
-        const float sig = x[k] >= 0.f ? 1.f / (1.f + e[k]) : e[k] / (1.f + e[k]);
-        const float z = k == 0 ? -x[k] : x[k];
-        l += a[k] * (std::max(z, 0.f) + Log1pUnit(e[k]));
-        coef[slot * K1 + k] = a[k] * (sig - (k == 0 ? 1.f : 0.f));
-      }
-      for (int64_t k = 0; k < K1; ++k)
-        if (a[k] != 0.f) Axpy(coef[slot * K1 + k], &wout[int64_t(t[k]) * D], g, D);
-      loss[j] = l;
-    }
-#pragma omp barrier
-
-    // Passes 2 and 3: each thread applies the updates of the rows it owns.
-    // Per-thread row counts, kept between calls (OpenMP's threads persist)
-    // and all zero between passes: only the rows a step touches are reset,
-    // so a step costs nothing in the vocabulary's size.
+    // Per-thread row counts (passes 2 and 3), kept between calls (OpenMP's
+    // threads persist) and all zero between passes: only the rows a block
+    // touches are reset, so a step costs nothing in the vocabulary's size.
     static thread_local std::vector<float> count;
     if (cap > 0.f && int64_t(count.size()) != V) count.assign(V, 0.f);
-    auto apply = [&](const std::vector<std::vector<Entry>>& lists, const int64_t* sizes,
-                     const int32_t* rows, const float* w, const float* coefs, const float* src,
-                     bool src_is_table, float* table) {
-      if (cap > 0.f)   // counted as XLA counts: every entry of nonzero weight
-        for (int q = 0; q < team; ++q)
-          for (int64_t j = 0; j < sizes[q * team + me]; ++j) {
-            const int32_t i = lists[q * team + me][j].i;
-            count[rows[i]] += w[i];
-          }
-      constexpr int64_t kAhead = 8;   // entries ahead: several rows in flight
-      for (int q = 0; q < team; ++q) {
-        const Entry* l = lists[q * team + me].data();
-        const int64_t m = sizes[q * team + me];
-        for (int64_t j = 0; j < m; ++j) {
-          if (j + kAhead < m) PrefetchRow(&table[int64_t(rows[l[j + kAhead].i]) * D], D);
-          const int64_t i = l[j].i, at = l[j].s;
-          if (coefs[i] == 0.f) continue;
-          const int32_t r = rows[i];
-          const float s = cap > 0.f ? std::min(1.f, cap / std::max(count[r], 1.f)) : 1.f;
-          const float* xs = src_is_table ? &src[int64_t(cx[at]) * D] : &src[at * D];
-          Axpy(-lr * s * coefs[i], xs, &table[int64_t(r) * D], D);
+    std::vector<float> x(K1), e(K1);
+    std::vector<Entry*> out_at(team), in_at(team);
+    for (int64_t blk = 0; blk < S; ++blk) {
+      const int64_t first = P * blk / S, size = P * (blk + 1) / S - first;
+      const int64_t lo = first + size * me / team, hi = first + size * (me + 1) / team;
+
+      // Pass 0: the block's live examples (mask != 0: a grid of skip-gram
+      // slots is mostly masked), each thread finding those of [lo, hi), then
+      // shared out evenly in example order (a block's padding sits at its
+      // end: ranges of positions would leave one thread most of the work);
+      // the share's noise words and weights, and the entry lists.
+      int64_t found = 0;
+      for (int64_t p = lo; p < hi; ++p) {   // without a branch on the (random) mask
+        order[lo - first + found] = int32_t(p);
+        found += mk[p] != 0.f;
+      }
+      found_n[me] = found;
+#pragma omp barrier
+      int64_t L = 0;
+      for (int q = 0; q < team; ++q) L += found_n[q];
+      // This thread's share: the block's live examples of rank [base, base + nl).
+      const int64_t base = L * me / team, nl = L * (me + 1) / team - base;
+      std::vector<int32_t>& live = lives[me];
+      if (int64_t(live.size()) < nl) live.resize(nl);
+      for (int q = 0, rank = 0; q < team; rank += found_n[q], ++q) {
+        const int64_t from = std::max<int64_t>(base, rank);
+        const int64_t to = std::min<int64_t>(base + nl, rank + found_n[q]);
+        if (from < to)
+          std::copy_n(&order[size * q / team + from - rank], to - from, &live[from - base]);
+      }
+      live_n[me] = nl;
+      for (int o = 0; o < team; ++o) {
+        std::vector<Entry>& lo_list = out_lists[me * team + o];
+        std::vector<Entry>& li_list = in_lists[me * team + o];
+        if (int64_t(lo_list.size()) < nl * K1) lo_list.resize(nl * K1);
+        if (int64_t(li_list.size()) < nl * C) li_list.resize(nl * C);
+        out_at[o] = lo_list.data();
+        in_at[o] = li_list.data();
+      }
+      if (!given) {   // the live examples' elements of jax.random.uniform(key, (P, K))
+        draws.resize(size_t(nl * K));
+        counter.resize(size_t(nl * K));
+        for (int64_t j = 0; j < nl; ++j)
+          for (int64_t k = 0; k < K; ++k) counter[j * K + k] = uint32_t(live[j] * K + k);
+        float* d = draws.data();
+        const uint32_t* n = counter.data();
+#pragma omp simd
+        for (int64_t j = 0; j < nl * K; ++j) d[j] = ThreefryUniform(k0, k1, n[j]);
+      }
+      // Live example j of the share has scratch slot base + j (tg, wt, coef,
+      // G, U): its rank in the block.
+      for (int64_t j = 0; j < nl; ++j) {
+        const int64_t p = live[j], slot = base + j;
+        const int32_t o = ob[p];
+        const float* u = given ? &un[p * K] : &draws[j * K];
+        int32_t* t = &tg[slot * K1];
+        float* a = &wt[slot * K1];
+        t[0] = o;
+        a[0] = mk[p];
+        for (int64_t k = 0; k < K; ++k) {
+          const int32_t n = int32_t(std::min<int64_t>(Draw(cu, ci, M, u[k]), V - 1));
+          t[1 + k] = n;
+          a[1 + k] = n != o ? mk[p] : 0.f;
+        }
+        for (int64_t k = 0; k < K1; ++k) {   // appended when the weight is not 0, branch-free
+          Entry*& at = out_at[Owner(t[k], team)];
+          *at = {int32_t(slot * K1 + k), int32_t(one_row ? p : slot)};
+          at += a[k] != 0.f;
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          Entry*& at = in_at[Owner(cx[p * C + c], team)];
+          *at = {int32_t(p * C + c), int32_t(slot)};
+          at += cm[p * C + c] != 0.f;
         }
       }
-      if (cap > 0.f)
-        for (int q = 0; q < team; ++q)
-          for (int64_t j = 0; j < sizes[q * team + me]; ++j)
-            count[rows[lists[q * team + me][j].i]] = 0.f;
-    };
-    // Pass 2, w_out: u is w_in's row itself for skip-gram (unchanged until
-    // pass 3), else the mean in U.
-    apply(out_lists, out_n, tg, wt, coef, one_row ? win : U, one_row, wout);
+      for (int o = 0; o < team; ++o) {
+        out_n[me * team + o] = out_at[o] - out_lists[me * team + o].data();
+        in_n[me * team + o] = in_at[o] - in_lists[me * team + o].data();
+      }
+
+      // Pass 1: per live example, everything that reads the old tables, with
+      // the next one's rows on their way.
+      std::vector<float>& loss = losses[me];
+      if (int64_t(loss.size()) < nl) loss.resize(nl);
+      for (int64_t j = 0; j < nl; ++j) {
+        const int64_t p = live[j], slot = base + j;
+        if (j + 1 < nl) {
+          const int64_t q = live[j + 1];
+          for (int64_t c = 0; c < C; ++c)
+            if (cm[q * C + c] != 0.f) PrefetchRow(&win[int64_t(cx[q * C + c]) * D], D);
+          for (int64_t k = 0; k < K1; ++k)
+            if (wt[(slot + 1) * K1 + k] != 0.f)
+              PrefetchRow(&wout[int64_t(tg[(slot + 1) * K1 + k]) * D], D);
+        }
+        float* g = &G[slot * D];
+        std::fill(g, g + D, 0.f);
+        const float* u;
+        if (one_row) {
+          u = &win[int64_t(cx[p]) * D];
+        } else {
+          float* acc = &U[slot * D];
+          std::fill(acc, acc + D, 0.f);
+          float msum = 0.f;
+          for (int64_t c = 0; c < C; ++c) {
+            const float m = cm[p * C + c];
+            msum += m;
+            if (m != 0.f) Axpy(m, &win[int64_t(cx[p * C + c]) * D], acc, D);
+          }
+          const float inv = 1.f / std::max(msum, 1.f);
+          for (int64_t i = 0; i < D; ++i) acc[i] *= inv;
+          u = acc;
+        }
+        const float* a = &wt[slot * K1];
+        const int32_t* t = &tg[slot * K1];
+        for (int64_t k = 0; k < K1; ++k)
+          x[k] = a[k] != 0.f ? Dot(u, &wout[int64_t(t[k]) * D], D) : 0.f;
+        // sigmoid(x) and the loss -log sigmoid(+-x) = softplus(-+x) from one exp.
+#pragma omp simd
+        for (int64_t k = 0; k < K1; ++k) e[k] = ExpNonPositive(-std::fabs(x[k]));
+        float l = 0.f;
+        for (int64_t k = 0; k < K1; ++k) {
+          const float sig = x[k] >= 0.f ? 1.f / (1.f + e[k]) : e[k] / (1.f + e[k]);
+          const float z = k == 0 ? -x[k] : x[k];
+          l += a[k] * (std::max(z, 0.f) + Log1pUnit(e[k]));
+          coef[slot * K1 + k] = a[k] * (sig - (k == 0 ? 1.f : 0.f));
+        }
+        for (int64_t k = 0; k < K1; ++k)
+          if (a[k] != 0.f) Axpy(coef[slot * K1 + k], &wout[int64_t(t[k]) * D], g, D);
+        loss[j] = l;
+      }
 #pragma omp barrier
-    apply(in_lists, in_n, cx, cm, cm, G, false, win);   // pass 3: w_in
+      if (me == 0)   // the block's losses, in example order
+        for (int q = 0; q < team; ++q)
+          for (int64_t j = 0; j < live_n[q]; ++j) total += losses[q][j];
+
+      // Passes 2 and 3: each thread applies the updates of the rows it owns.
+      auto apply = [&](const std::vector<std::vector<Entry>>& lists, const int64_t* sizes,
+                       const int32_t* rows, const float* w, const float* coefs, const float* src,
+                       bool src_is_table, float* table) {
+        if (cap > 0.f)   // counted as XLA counts: every entry of nonzero weight
+          for (int q = 0; q < team; ++q)
+            for (int64_t j = 0; j < sizes[q * team + me]; ++j) {
+              const int32_t i = lists[q * team + me][j].i;
+              count[rows[i]] += w[i];
+            }
+        constexpr int64_t kAhead = 8;   // entries ahead: several rows in flight
+        for (int q = 0; q < team; ++q) {
+          const Entry* l = lists[q * team + me].data();
+          const int64_t m = sizes[q * team + me];
+          for (int64_t j = 0; j < m; ++j) {
+            if (j + kAhead < m) PrefetchRow(&table[int64_t(rows[l[j + kAhead].i]) * D], D);
+            const int64_t i = l[j].i, at = l[j].s;
+            if (coefs[i] == 0.f) continue;
+            const int32_t r = rows[i];
+            const float s = cap > 0.f ? std::min(1.f, cap / std::max(count[r], 1.f)) : 1.f;
+            const float* xs = src_is_table ? &src[int64_t(cx[at]) * D] : &src[at * D];
+            Axpy(-lr * s * coefs[i], xs, &table[int64_t(r) * D], D);
+          }
+        }
+        if (cap > 0.f)
+          for (int q = 0; q < team; ++q)
+            for (int64_t j = 0; j < sizes[q * team + me]; ++j)
+              count[rows[lists[q * team + me][j].i]] = 0.f;
+      };
+      // Pass 2, w_out: u is w_in's row itself for skip-gram (unchanged until
+      // pass 3), else the mean in U.
+      apply(out_lists, out_n, tg, wt, coef, one_row ? win : U, one_row, wout);
+#pragma omp barrier
+      apply(in_lists, in_n, cx, cm, cm, G, false, win);   // pass 3: w_in
+#pragma omp barrier   // the next block reads the tables and rewrites the lists
+    }
   }
 
-  double total = 0.0;   // in example order, whatever the team
-  for (int q = 0; q < used; ++q)
-    for (int64_t j = 0; j < live_n[q]; ++j) total += losses[q][j];
   loss_out->typed_data()[0] = float(total);
   return ffi::Error::Success();
 }
@@ -490,4 +521,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Ret<ffi::Buffer<ffi::F32>>()   // w_out, aliased
         .Ret<ffi::Buffer<ffi::F32>>()   // summed loss []
         .Attr<float>("cap")
-        .Attr<int64_t>("threads"));
+        .Attr<int64_t>("threads")
+        .Attr<int64_t>("substeps"));

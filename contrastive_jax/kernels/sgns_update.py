@@ -86,7 +86,7 @@ def draws_in_kernel() -> bool:
 def sgns_update(w_in: jax.Array, w_out: jax.Array, ctx: jax.Array, ctx_mask: jax.Array,
                 out: jax.Array, mask: jax.Array, draws: jax.Array, cum: jax.Array,
                 cum_index: jax.Array, lr: jax.Array, *, cap: float, threads: int = 0,
-                negative: int = 0) -> tuple[jax.Array, jax.Array, jax.Array]:
+                negative: int = 0, substeps: int = 1) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(new w_in, new w_out, summed loss) of one SGNS step (see the module doc
   and sgns_update.cc). w_in, w_out: float32 [V, D], updated in place when the
   caller donates them; ctx, ctx_mask: [P, C] context ids and 0/1 weights
@@ -96,7 +96,8 @@ def sgns_update(w_in: jax.Array, w_out: jax.Array, ctx: jax.Array, ctx_mask: jax
   cum_index: noise_index(cum)), or a PRNG key (raw uint32 [2] or typed) whose
   jax.random.uniform(key, (P, negative)) the kernel draws itself; lr: the
   step's learning rate; cap: sgns.row_scale's cap (<= 0: plain sums);
-  threads: OpenMP threads (0: default_threads())."""
+  threads: OpenMP threads (0: default_threads()); substeps: the examples as
+  that many consecutive blocks, updated in turn (sgns.make_update)."""
   if not available():
     raise RuntimeError(f'the fused SGNS kernel is not available: {unavailable_reason()}')
   draws = jnp.asarray(draws)
@@ -120,4 +121,4 @@ def sgns_update(w_in: jax.Array, w_out: jax.Array, ctx: jax.Array, ctx_mask: jax
   i32 = lambda x: jnp.asarray(x, jnp.int32)
   return call(w_in, w_out, i32(ctx), f32(ctx_mask), i32(out), f32(mask), f32(uniform), key,
               f32(cum), i32(cum_index), f32(lr), cap=np.float32(cap),
-              threads=np.int64(threads or default_threads()))
+              threads=np.int64(threads or default_threads()), substeps=np.int64(substeps))

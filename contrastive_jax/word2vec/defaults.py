@@ -51,6 +51,11 @@ def word2vec_defaults() -> ml_collections.ConfigDict:
   # Large batches: a row hit n > row_update_cap times in one step takes
   # row_update_cap / n of each update (0 = the plain sum; see sgns.row_scale).
   config.row_update_cap = 128.0
+  # A step's words as this many sub-chunks of batch_size / substeps, whose
+  # updates apply one after the other in the one jitted step: the SGD of a
+  # smaller batch (closer to word2vec's sequential updates) at the dispatch
+  # cost of the large one (pairs.py, sgns.make_update).
+  config.substeps = 1
   # How a step runs, never what it computes: 'auto' = on the CPU with one
   # device the fused FFI kernel (kernels/sgns_update.py), else XLA ops; 'xla'
   # / 'cpu' force one. kernel_threads: the kernel's threads (0 = every core
@@ -91,6 +96,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       ('corpus.max_sentence_length', config.corpus.max_sentence_length >= 1, '>= 1'),
       ('eval.restrict_vocab', config.eval.restrict_vocab >= 1, '>= 1'),
       ('kernel_threads', config.kernel_threads >= 0, '>= 0 (0 = every core)'),
+      ('substeps', 1 <= config.substeps <= config.batch_size, 'in [1, config.batch_size]'),
   )
   for key, ok, what in checks:
     if not ok:

@@ -21,6 +21,11 @@ examples on the device, in the jitted step (sgns.make_update), as a fixed
 ever cut to fit a shape, and the host's share of a step is a few vector ops
 on the chunk. Windows do not reach across a chunk boundary (a few pairs per
 chunk of T words are lost). Negatives are drawn on the device (sgns.py).
+
+With `substeps` S > 1 the chunk is S sub-chunks of T / S positions, each
+laid out in its own block of rows (sgns.make_update applies the blocks'
+updates one after the other) and, like a chunk, not reached across by a
+window.
 """
 
 from __future__ import annotations
@@ -70,11 +75,18 @@ class PairStream:
 
   def __init__(self, ids: np.ndarray, keep_prob: np.ndarray, *, window: int,
                tokens_per_step: int, seed: int, start_step: int = 0,
-               process_index: int = 0, process_count: int = 1):
+               process_index: int = 0, process_count: int = 1, substeps: int = 1):
+    if not 1 <= substeps <= tokens_per_step:
+      raise ValueError(f'substeps={substeps} must be in [1, batch_size={tokens_per_step}].')
     self.ids, self.keep_prob = ids, np.asarray(keep_prob, np.float64)
     self.window, self.tokens_per_step, self.seed = window, tokens_per_step, seed
+    self.substeps = substeps
     self.steps_per_epoch = max(1, math.ceil(len(ids) / tokens_per_step))
-    self.rows = int(math.ceil(tokens_per_step / ALIGN) * ALIGN)
+    # Each sub-chunk's block of rows, a multiple of ALIGN / gcd(ALIGN, S): the
+    # S blocks together are a multiple of ALIGN.
+    align = ALIGN // math.gcd(ALIGN, substeps)
+    self.block_rows = int(math.ceil(math.ceil(tokens_per_step / substeps) / align) * align)
+    self.rows = substeps * self.block_rows
     if self.rows % process_count:
       raise ValueError(f'{self.rows} rows per step do not split over {process_count} processes; '
                        'use a process count that divides 512.')
@@ -83,20 +95,25 @@ class PairStream:
     self.effective_words = 0   # kept words of the batches made by this process
 
   # --- the centres of one step ----------------------------------------------------------
-  def _kept_words(self, step: int) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
-    """(word ids, sentence ids) of the chunk after subsampling, and the step's generator."""
+  def _kept_words(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                             np.random.Generator]:
+    """(word ids, sentence ids, sub-chunks) of the chunk after subsampling,
+    and the step's generator."""
     rng = np.random.default_rng([self.seed, step])
     start = (step % self.steps_per_epoch) * self.tokens_per_step
     chunk = np.asarray(self.ids[start:start + self.tokens_per_step])
     words = chunk >= 0
     sentence = np.cumsum(~words)
     keep = words & (rng.random(len(chunk)) < self.keep_prob[np.where(words, chunk, 0)])
-    return chunk[keep], sentence[keep], rng
+    sub = np.arange(len(chunk)) * self.substeps // self.tokens_per_step
+    return chunk[keep], sentence[keep], sub[keep], rng
 
   def centres(self, step: int) -> dict[str, np.ndarray]:
-    """The kept words of `step` ('ids') and how many kept words their windows
-    reach to the left and right without leaving the sentence."""
-    w, s, rng = self._kept_words(step)
+    """The kept words of `step` ('ids'), their sub-chunks ('block') and how
+    many kept words their windows reach to the left and right without
+    leaving the sentence or the sub-chunk."""
+    w, sentence, block, rng = self._kept_words(step)
+    s = sentence * self.substeps + block   # changes where either does
     n = len(w)
     b = rng.integers(1, self.window + 1, size=n)
     i = np.arange(n)
@@ -107,17 +124,21 @@ class PairStream:
     start = np.maximum.accumulate(np.where(first, i, 0))
     end = np.minimum.accumulate(np.where(last, i, n)[::-1])[::-1]
     return {'ids': w.astype(np.int32), 'left': np.minimum(b, i - start).astype(np.int32),
-            'right': np.minimum(b, end - i).astype(np.int32)}
+            'right': np.minimum(b, end - i).astype(np.int32), 'block': block.astype(np.int32)}
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    """centres(step) padded to `rows` (ids -1, reach 0), this process's rows."""
+    """centres(step) in `rows` rows (ids -1, reach 0 where none): sub-chunk
+    b's kept words from row b x block_rows on; this process's rows."""
     c = self.centres(step)
-    n = len(c['ids'])
+    block = c.pop('block')
+    n = len(block)
     self.effective_words += n
+    first = np.searchsorted(block, np.arange(self.substeps))   # each block's first kept word
+    row = block * self.block_rows + np.arange(n) - first[block]
     out = {}
     for k, v in c.items():
       padded = np.full(self.rows, -1 if k == 'ids' else 0, np.int32)
-      padded[:n] = v
+      padded[row] = v
       out[k] = padded
     if self.process_count > 1:
       share = self.rows // self.process_count
@@ -128,7 +149,7 @@ class PairStream:
   def examples(self, step: int, sg: bool = True) -> dict[str, np.ndarray]:
     """The examples of `step` on the host, as `expand` makes them on the
     device, without the masked slots (for tests and inspection)."""
-    c = self.centres(step)
+    c = self.centres(step)   # reaches stop at sub-chunks: the blocks' examples in order
     ex = expand(c['ids'], c['left'], c['right'], window=self.window, sg=sg)
     keep = ex.pop('mask') > 0
     return {k: v[keep] for k, v in ex.items()}
@@ -143,10 +164,13 @@ class PairStream:
     return batch
 
   def state(self) -> dict[str, Any]:
-    return {'step': self.step, 'rows': self.rows}
+    return {'step': self.step, 'rows': self.rows, 'substeps': self.substeps}
 
   def restore(self, state: dict[str, Any]) -> None:
     self.step = int(state['step'])
     if int(state.get('rows', self.rows)) != self.rows:
       raise ValueError(f"The checkpoint's batches hold {state['rows']} rows, this run's "
                        f'{self.rows}: resume with the same config.batch_size.')
+    if int(state.get('substeps', 1)) != self.substeps:
+      raise ValueError(f"The checkpoint's steps have {state['substeps']} substeps, this run's "
+                       f'{self.substeps}: resume with the same config.substeps.')

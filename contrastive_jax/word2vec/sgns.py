@@ -14,6 +14,10 @@ are donated: no V x D gradient and no optimiser state exist. Examples of one
 step update the tables together (summed, rows repeated within a step add up),
 where the C word2vec and gensim update after every pair (Hogwild); the
 batch's gradient is what they would apply if no row occurred twice in it.
+With `substeps` S > 1 a step's examples are S consecutive blocks (pairs.py
+lays out one block per sub-chunk of the step's words) updated in turn, each
+at the tables the one before left: S smaller SGD steps, closer to the
+sequential algorithm, for the cost of one dispatch.
 As there, a noise word equal to the example's output word is skipped, and
 CBOW adds the error of the mean to every context word undivided (cbow_mean=1).
 The tables are replicated over the devices and the examples split over them;
@@ -111,7 +115,7 @@ def use_cpu_kernel(kernel: str, skip_nonfinite: bool = False) -> bool:
 def make_update(*, sg: bool, negative: int, noise: np.ndarray, alpha: float, min_alpha: float,
                 total_steps: int, seed: int, mesh: Mesh, skip_nonfinite: bool = False,
                 row_update_cap: float = 0.0, kernel: str = 'auto', threads: int = 0,
-                window: int = 0) -> Callable[[Any, dict], tuple[Any, dict]]:
+                window: int = 0, substeps: int = 1) -> Callable[[Any, dict], tuple[Any, dict]]:
   """The jitted `state, metrics = update(state, batch)` (state: init_tables' dict,
   donated; batch split over the mesh's 'data' axis: a PairStream batch, which
   pairs.expand turns into the examples with `window`, or the examples
@@ -119,7 +123,10 @@ def make_update(*, sg: bool, negative: int, noise: np.ndarray, alpha: float, min
   row_update_cap: see row_scale (the tables' rows of frequent words are hit
   hundreds of times in one step, where Hogwild SGD would see each update
   before the next). kernel: see use_cpu_kernel; threads: the fused kernel's
-  (0: the cores this process may use)."""
+  (0: the cores this process may use). substeps: the examples as that many
+  consecutive blocks of equal size, applied one after the other with the
+  step's learning rate (the module docstring; PairStream(substeps=...)
+  builds its batches for it)."""
   cum_np = np.cumsum(noise).astype(np.float32)
   fused = use_cpu_kernel(kernel, skip_nonfinite)
   cum = parallel.replicate(cum_np, mesh)
@@ -141,6 +148,9 @@ def make_update(*, sg: bool, negative: int, noise: np.ndarray, alpha: float, min
       words = jnp.zeros((), jnp.int32)
     out, mask = batch['out'], batch['mask']
     key = jax.random.fold_in(base_key, t)
+    if out.shape[0] % substeps:
+      raise ValueError(f'{out.shape[0]} examples do not split into substeps={substeps} equal '
+                       'blocks: build the batches with PairStream(substeps=...).')
     if sg:
       ctx, ctx_mask = batch['inp'][:, None], mask[:, None]
     else:   # a masked example's context counts for nothing (row_scale's counts included)
@@ -148,14 +158,21 @@ def make_update(*, sg: bool, negative: int, noise: np.ndarray, alpha: float, min
     if fused:   # the kernel draws jax.random.uniform(key, (P, negative)) itself
       new_in, new_out, loss = sgns_kernel.sgns_update(
           w_in, w_out, ctx, ctx_mask, out, mask, key, cum, cum_index, lr, cap=row_update_cap,
-          threads=threads, negative=negative)
+          threads=threads, negative=negative, substeps=substeps)
     else:
       neg = sample_negatives(key, cum, (out.shape[0], negative))
       targets = jnp.concatenate([out[:, None], neg], axis=1)
       weight = mask[:, None] * jnp.concatenate(
           [jnp.ones_like(mask)[:, None], (neg != out[:, None]).astype(mask.dtype)], axis=1)
-      new_in, new_out, loss = _xla_update(w_in, w_out, ctx, ctx_mask, targets, weight, lr,
-                                          sg=sg, cap=row_update_cap)
+      blocks = lambda x: x.reshape(substeps, x.shape[0] // substeps, *x.shape[1:])
+
+      def substep(tables, block):
+        new_in, new_out, loss = _xla_update(*tables, *block, lr, sg=sg, cap=row_update_cap)
+        return (new_in, new_out), loss
+
+      (new_in, new_out), losses = jax.lax.scan(
+          substep, (w_in, w_out), tuple(map(blocks, (ctx, ctx_mask, targets, weight))))
+      loss = losses.sum()
     examples = jnp.maximum(mask.sum(), 1.0)
     nonfinite = ~jnp.isfinite(loss)
     if skip_nonfinite:

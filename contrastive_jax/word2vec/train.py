@@ -35,7 +35,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   keep = vocab_lib.keep_probabilities(vocab.counts, config.sample)
   stream = pairs.PairStream(ids, keep, window=config.window, tokens_per_step=config.batch_size,
                             seed=config.seed, start_step=run.start_step,
-                            process_index=jax.process_index(), process_count=jax.process_count())
+                            process_index=jax.process_index(), process_count=jax.process_count(),
+                            substeps=config.substeps)
   total_steps = config.total_steps or config.num_epochs * stream.steps_per_epoch
   logging.info('Vocabulary %d words (min_count %d) of %d raw words; %d ids per epoch in %d '
                'steps; read in %.1fs.', vocab.size, config.min_count, vocab.raw_words, len(ids),
@@ -50,11 +51,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       alpha=config.alpha, min_alpha=config.min_alpha, total_steps=total_steps,
       seed=config.seed, mesh=run.mesh, skip_nonfinite=config.nan_policy == 'skip_step',
       row_update_cap=config.row_update_cap, kernel=config.update_kernel,
-      threads=config.kernel_threads, window=config.window)
+      threads=config.kernel_threads, window=config.window, substeps=config.substeps)
   raw_per_step = vocab.raw_words / stream.steps_per_epoch
-  logging.info('word2vec (%s) for %d steps, %d words each, on %d devices (%s update).',
-               'skip-gram' if config.sg else 'CBOW', total_steps, config.batch_size,
-               jax.device_count(), 'fused CPU kernel' if sgns.use_cpu_kernel(
+  logging.info('word2vec (%s) for %d steps, %d words each in %d substeps, on %d devices (%s '
+               'update).', 'skip-gram' if config.sg else 'CBOW', total_steps, config.batch_size,
+               config.substeps, jax.device_count(), 'fused CPU kernel' if sgns.use_cpu_kernel(
                    config.update_kernel, config.nan_policy == 'skip_step') else 'XLA')
   start_step = run.start_step
   state, step = run.train(state, update, stream, total_steps=total_steps,
