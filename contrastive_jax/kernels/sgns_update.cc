@@ -284,9 +284,9 @@ ffi::Error SgnsUpdate(ffi::Buffer<ffi::F32> w_in, ffi::Buffer<ffi::F32> w_out,
   float* wt = Scratch(fstore, fsizes, 3, size_t(B * K1));
   int32_t* tg = Scratch(istore, isizes, 0, size_t(B * K1));
   int32_t* order = Scratch(istore, isizes, 1, size_t(B));   // a block's live examples
-  // Per thread q: live[q], its range's examples of mask != 0 in order, and
-  // their losses; lists[q * team + o]: the entries of range q's examples
-  // whose rows thread o owns. Sized for the worst case and kept between
+  // Per thread q: live[q], its share of a block's examples of mask != 0 in
+  // order, and their losses; lists[q * team + o]: the entries of share q's
+  // examples whose rows thread o owns. Sized for the worst case and kept between
   // calls; written through cursors, without push_back's checks.
   if (int(out_store.size()) < T * T) {
     out_store.resize(T * T);
