@@ -8,9 +8,9 @@
 Skip-gram, 100 dimensions, window 5, 5 negatives, min_count 5, sample 1e-3, 5
 epochs, learning rate 0.025 -> 0.0001 (gensim.models.Word2Vec's defaults).
 Each step reads 16,384 words and applies them as 16 updates of 1,024 words
-in turn (config.substeps). The
-figures against gensim on the same corpus: benchmarks/word2vec.py,
-benchmarks/NOTES.md. ':tiny' is for tests (a few hundred words, seconds).
+in turn (config.substeps). The figures against gensim on the same corpus:
+benchmarks/word2vec.py, benchmarks/NOTES.md. ':tiny' is for tests (a few
+hundred words, seconds).
 """
 
 from contrastive_jax.word2vec import defaults
